@@ -1,0 +1,767 @@
+//! Registry logic between the HTTP edge and the store: upload sessions with
+//! streaming hashing, digest and size verification, manifest validation
+//! against the repository's content, tags, referrers and catalog paging.
+//!
+//! No HTTP types here. Store calls are blocking and run on tokio's blocking
+//! pool; request bodies are streamed to the store through a bounded channel
+//! and hashed on the way, so memory per upload is bounded
+//! ([`UPLOAD_BATCH`] x [`UPLOAD_QUEUE`]) whatever the blob size.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::manifest::{self, ManifestError, ReferrerDescriptor, Requirement};
+use crate::name::{RepoName, Tag};
+use crate::storage::{BlobRead, Store, StoreError, StoredManifest, UploadId};
+
+/// Bytes gathered before a batch goes to the writer thread.
+pub const UPLOAD_BATCH: usize = 1 << 20;
+/// Batches in flight between the socket and the disk per upload.
+pub const UPLOAD_QUEUE: usize = 4;
+
+/// Errors of registry operations; the HTTP edge maps each to a spec code.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload unknown to registry")]
+    UploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    UploadInvalid(String),
+    /// A chunk did not start where the upload ends.
+    #[error("chunk out of order: the upload holds {size} bytes")]
+    RangeInvalid { size: u64 },
+    #[error("provided digest did not match uploaded content")]
+    DigestMismatch,
+    #[error("invalid digest: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references unknown {0}")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to registry")]
+    ManifestUnknown,
+    #[error("manifest is larger than the limit of {0} bytes")]
+    ManifestTooLarge(usize),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("size invalid: {0}")]
+    SizeInvalid(String),
+    #[error("request body could not be read: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ManifestError> for RegistryError {
+    fn from(e: ManifestError) -> Self {
+        RegistryError::ManifestInvalid(e.to_string())
+    }
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Registry settings.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_size: usize,
+    /// Upload sessions idle for longer than this are removed.
+    pub upload_max_age: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_manifest_size: 4 << 20,
+            upload_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Where a manifest `PUT`, `GET` or `DELETE` points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl Reference {
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.contains(':') {
+            s.parse()
+                .map(Reference::Digest)
+                .map_err(|e| RegistryError::DigestInvalid(e.to_string()))
+        } else {
+            Tag::parse(s)
+                .map(Reference::Tag)
+                .map_err(|_| RegistryError::ManifestInvalid(format!("invalid tag {s:?}")))
+        }
+    }
+}
+
+/// A page of a sorted listing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// Set when more items follow the last one returned.
+    pub next_last: Option<String>,
+}
+
+fn paginate(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    let mut iter = all
+        .into_iter()
+        .filter(|i| last.is_none_or(|l| i.as_str() > l));
+    match n {
+        None => Page {
+            items: iter.collect(),
+            next_last: None,
+        },
+        Some(n) => {
+            let items: Vec<String> = iter.by_ref().take(n).collect();
+            let more = n > 0 && iter.next().is_some();
+            let next_last = if more { items.last().cloned() } else { None };
+            Page { items, next_last }
+        }
+    }
+}
+
+/// The cached hash of an upload's bytes so far. The store's data is the
+/// truth; this saves re-reading it, and is rebuilt from it after a restart.
+struct HashState {
+    size: u64,
+    hasher: Hasher,
+}
+
+type Session = Arc<tokio::sync::Mutex<Option<HashState>>>;
+
+/// The registry: operations on top of a [`Store`].
+pub struct Registry {
+    store: Arc<dyn Store>,
+    config: RegistryConfig,
+    sessions: Mutex<HashMap<UploadId, Session>>,
+}
+
+/// Runs a blocking store call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Store(StoreError::Io(std::io::Error::other(e))))?
+}
+
+enum WriteMsg {
+    Data(Vec<Bytes>),
+    Commit,
+}
+
+/// Hashes everything `reader` yields.
+fn hash_reader(mut reader: Box<dyn BlobRead>, algorithm: Algorithm) -> Result<(Hasher, u64)> {
+    let mut hasher = Hasher::new(algorithm);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(StoreError::from)?;
+        if n == 0 {
+            return Ok((hasher, size));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, config: RegistryConfig) -> Self {
+        Registry {
+            store,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn session(&self, id: &UploadId) -> Session {
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    fn forget_session(&self, id: &UploadId) {
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
+    /// Removes stale upload sessions; returns how many.
+    pub async fn purge_uploads(&self) -> Result<usize> {
+        let store = self.store.clone();
+        let max_age = self.config.upload_max_age;
+        let purged = blocking(move || Ok(store.uploads_purge(max_age)?)).await?;
+        for id in &purged {
+            self.forget_session(id);
+        }
+        Ok(purged.len())
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob linked into `repo`.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let (store, repo, digest) = (self.store.clone(), repo.clone(), digest.clone());
+        blocking(move || {
+            if !store.blob_linked(&repo, &digest)? {
+                return Err(RegistryError::BlobUnknown);
+            }
+            store.blob_size(&digest)?.ok_or(RegistryError::BlobUnknown)
+        })
+        .await
+    }
+
+    /// Opens a blob linked into `repo` for reading.
+    pub async fn blob_open(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(Box<dyn BlobRead>, u64)> {
+        let (store, repo, digest) = (self.store.clone(), repo.clone(), digest.clone());
+        blocking(move || {
+            if !store.blob_linked(&repo, &digest)? {
+                return Err(RegistryError::BlobUnknown);
+            }
+            match store.blob_open(&digest) {
+                Err(StoreError::NotFound) => Err(RegistryError::BlobUnknown),
+                r => Ok(r?),
+            }
+        })
+        .await
+    }
+
+    /// Unlinks a blob from `repo` (the content goes at garbage collection).
+    pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let (store, repo, digest) = (self.store.clone(), repo.clone(), digest.clone());
+        blocking(move || {
+            if store.blob_unlink(&repo, &digest)? {
+                Ok(())
+            } else {
+                Err(RegistryError::BlobUnknown)
+            }
+        })
+        .await
+    }
+
+    /// Links a blob of `from` into `repo`; `false` when it cannot be mounted.
+    pub async fn blob_mount(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let (store, repo, from, digest) = (
+            self.store.clone(),
+            repo.clone(),
+            from.clone(),
+            digest.clone(),
+        );
+        blocking(move || {
+            if !store.blob_linked(&from, &digest)? || store.blob_size(&digest)?.is_none() {
+                return Ok(false);
+            }
+            store.blob_link(&repo, &digest)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    // ---- uploads ----
+
+    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadId> {
+        let (store, repo) = (self.store.clone(), repo.clone());
+        blocking(move || Ok(store.upload_create(&repo)?)).await
+    }
+
+    /// Bytes an upload holds so far.
+    pub async fn upload_size(&self, repo: &RepoName, id: &UploadId) -> Result<u64> {
+        let (store, repo, id) = (self.store.clone(), repo.clone(), id.clone());
+        blocking(move || {
+            store
+                .upload_info(&repo, &id)?
+                .map(|i| i.size)
+                .ok_or(RegistryError::UploadUnknown)
+        })
+        .await
+    }
+
+    /// The cached hash state if it matches `size`, else rebuilt from the store.
+    async fn hash_state(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        cached: Option<HashState>,
+        size: u64,
+    ) -> Result<Hasher> {
+        if let Some(state) = cached.filter(|s| s.size == size) {
+            return Ok(state.hasher);
+        }
+        let (store, repo, id) = (self.store.clone(), repo.clone(), id.clone());
+        let (hasher, read) =
+            blocking(move || hash_reader(store.upload_read(&repo, &id)?, Algorithm::Sha256))
+                .await?;
+        if read != size {
+            return Err(RegistryError::UploadInvalid(
+                "upload changed while hashing".into(),
+            ));
+        }
+        Ok(hasher)
+    }
+
+    /// Appends a chunk to an upload. `start` is the chunk's first byte
+    /// offset when the client said it (`Content-Range`), `len` its length
+    /// when known. Returns the upload's new size.
+    pub async fn upload_append<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let session = self.session(id);
+        let mut guard = session.lock().await;
+        let size = self.upload_size(repo, id).await?;
+        if start.is_some_and(|s| s != size) {
+            return Err(RegistryError::RangeInvalid { size });
+        }
+        let hasher = self.hash_state(repo, id, guard.take(), size).await?;
+        let (hasher, new_size) = self.write_body(repo, id, size, hasher, len, body).await?;
+        *guard = Some(HashState {
+            size: new_size,
+            hasher,
+        });
+        Ok(new_size)
+    }
+
+    /// Completes an upload: appends `body` (if any), verifies `digest`
+    /// against everything received, and commits the blob.
+    pub async fn upload_finish<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let session = self.session(id);
+        let mut guard = session.lock().await;
+        let size = self.upload_size(repo, id).await?;
+        if start.is_some_and(|s| s != size) {
+            return Err(RegistryError::RangeInvalid { size });
+        }
+        let hasher = self.hash_state(repo, id, guard.take(), size).await?;
+        let (hasher, _) = self.write_body(repo, id, size, hasher, len, body).await?;
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => hasher.finish(),
+            other => {
+                let (store, r, i) = (self.store.clone(), repo.clone(), id.clone());
+                blocking(move || Ok(hash_reader(store.upload_read(&r, &i)?, other)?.0.finish()))
+                    .await?
+            }
+        };
+        let (store, repo, id2, digest) =
+            (self.store.clone(), repo.clone(), id.clone(), digest.clone());
+        let result = blocking(move || {
+            if actual != digest {
+                store.upload_cancel(&repo, &id2)?;
+                return Err(RegistryError::DigestMismatch);
+            }
+            store.upload_commit(&repo, &id2, &digest)?;
+            Ok(())
+        })
+        .await;
+        drop(guard);
+        self.forget_session(id);
+        result
+    }
+
+    /// Monolithic upload of a blob whose digest is known in advance.
+    pub async fn blob_put<S, E>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let id = self.upload_start(repo).await?;
+        let result = self.upload_finish(repo, &id, digest, None, len, body).await;
+        if result.is_err() {
+            let _ = self.upload_cancel(repo, &id).await;
+        }
+        result
+    }
+
+    pub async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let session = self.session(id);
+        let _guard = session.lock().await;
+        let (store, r, i) = (self.store.clone(), repo.clone(), id.clone());
+        let existed = blocking(move || Ok(store.upload_cancel(&r, &i)?)).await;
+        self.forget_session(id);
+        if existed? {
+            Ok(())
+        } else {
+            Err(RegistryError::UploadUnknown)
+        }
+    }
+
+    /// Streams `body` onto the end of the upload (at `offset`), hashing it
+    /// on the way. The chunk is durable when this returns `Ok`, and rolled
+    /// back if anything fails.
+    async fn write_body<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        mut hasher: Hasher,
+        len: Option<u64>,
+        mut body: S,
+    ) -> Result<(Hasher, u64)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: Display,
+    {
+        let (store, r, i) = (self.store.clone(), repo.clone(), id.clone());
+        let mut writer = blocking(move || match store.upload_append(&r, &i, offset) {
+            Err(StoreError::OffsetMismatch { stored, .. }) => {
+                Err(RegistryError::RangeInvalid { size: stored })
+            }
+            Err(StoreError::NotFound) => Err(RegistryError::UploadUnknown),
+            w => Ok(w?),
+        })
+        .await?;
+        let (tx, mut rx) = mpsc::channel::<WriteMsg>(UPLOAD_QUEUE);
+        let disk = tokio::task::spawn_blocking(move || -> Result<u64> {
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    WriteMsg::Data(batch) => {
+                        for chunk in batch {
+                            writer.write_all(&chunk).map_err(StoreError::from)?;
+                        }
+                    }
+                    WriteMsg::Commit => return Ok(writer.commit()?),
+                }
+            }
+            // The sender went away without committing: the writer rolls back.
+            Err(RegistryError::Body("upload aborted".into()))
+        });
+
+        let mut received = 0u64;
+        let mut batch = Vec::new();
+        let mut batch_len = 0usize;
+        let feed: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| RegistryError::Body(e.to_string()))?;
+                received += chunk.len() as u64;
+                if len.is_some_and(|l| received > l) {
+                    return Err(RegistryError::SizeInvalid(
+                        "more bytes than the declared range".into(),
+                    ));
+                }
+                hasher.update(&chunk);
+                batch_len += chunk.len();
+                batch.push(chunk);
+                if batch_len >= UPLOAD_BATCH {
+                    batch_len = 0;
+                    if tx
+                        .send(WriteMsg::Data(std::mem::take(&mut batch)))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(()); // the disk side failed; its error is reported below
+                    }
+                }
+            }
+            if len.is_some_and(|l| received != l) {
+                return Err(RegistryError::SizeInvalid(format!(
+                    "received {received} bytes, the range declared {}",
+                    len.unwrap_or_default()
+                )));
+            }
+            if !batch.is_empty() && tx.send(WriteMsg::Data(batch)).await.is_err() {
+                return Ok(());
+            }
+            let _ = tx.send(WriteMsg::Commit).await;
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let disk = disk
+            .await
+            .map_err(|e| RegistryError::Store(StoreError::Io(std::io::Error::other(e))));
+        feed?;
+        let new_size = disk??;
+        if new_size != offset + received {
+            return Err(RegistryError::Store(StoreError::Corrupt(format!(
+                "upload {} is {new_size} bytes, expected {}",
+                id.as_str(),
+                offset + received
+            ))));
+        }
+        Ok((hasher, new_size))
+    }
+
+    // ---- manifests ----
+
+    /// Validates and stores a manifest under `reference`. Returns its digest
+    /// and subject.
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(Digest, Option<Digest>)> {
+        if body.len() > self.config.max_manifest_size {
+            return Err(RegistryError::ManifestTooLarge(
+                self.config.max_manifest_size,
+            ));
+        }
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &body);
+                if &actual != d {
+                    return Err(RegistryError::DigestMismatch);
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256(&body),
+        };
+        let parsed = manifest::parse(content_type, &body)?;
+        let referrer = match &parsed.subject {
+            Some(subject) => {
+                let desc = ReferrerDescriptor {
+                    media_type: parsed.media_type.clone(),
+                    digest: digest.clone(),
+                    size: body.len() as u64,
+                    artifact_type: parsed.artifact_type.clone(),
+                    annotations: parsed.annotations.clone(),
+                };
+                let json = serde_json::to_vec(&desc)
+                    .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+                Some((subject.clone(), json))
+            }
+            None => None,
+        };
+        let subject = parsed.subject.clone();
+        let (store, repo, reference, d) = (
+            self.store.clone(),
+            repo.clone(),
+            reference.clone(),
+            digest.clone(),
+        );
+        blocking(move || {
+            for req in &parsed.requirements {
+                match req {
+                    Requirement::Blob { digest, size } => {
+                        if !store.blob_linked(&repo, digest)? {
+                            return Err(RegistryError::ManifestBlobUnknown(digest.clone()));
+                        }
+                        match store.blob_size(digest)? {
+                            None => return Err(RegistryError::ManifestBlobUnknown(digest.clone())),
+                            Some(actual) if actual != *size => {
+                                return Err(RegistryError::ManifestInvalid(format!(
+                                    "descriptor of {digest} says {size} bytes, the blob has {actual}"
+                                )));
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    Requirement::Manifest { digest } => {
+                        if !store.manifest_exists(&repo, digest)? {
+                            return Err(RegistryError::ManifestBlobUnknown(digest.clone()));
+                        }
+                    }
+                }
+            }
+            let stored = StoredManifest {
+                media_type: parsed.media_type,
+                content: body,
+            };
+            let referrer = referrer.as_ref().map(|(s, j)| (s, j.as_slice()));
+            store.manifest_put(&repo, &d, &stored, referrer)?;
+            if let Reference::Tag(tag) = &reference {
+                store.tag_set(&repo, tag, &d)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok((digest, subject))
+    }
+
+    pub async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, StoredManifest)> {
+        let (store, repo, reference) = (self.store.clone(), repo.clone(), reference.clone());
+        blocking(move || {
+            let digest = match reference {
+                Reference::Digest(d) => d,
+                Reference::Tag(t) => store
+                    .tag_get(&repo, &t)?
+                    .ok_or(RegistryError::ManifestUnknown)?,
+            };
+            let m = store
+                .manifest_get(&repo, &digest)?
+                .ok_or(RegistryError::ManifestUnknown)?;
+            Ok((digest, m))
+        })
+        .await
+    }
+
+    /// Deletes a tag, or a manifest (with its tags) by digest.
+    pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let (store, repo, reference) = (self.store.clone(), repo.clone(), reference.clone());
+        blocking(move || {
+            let existed = match reference {
+                Reference::Tag(t) => store.tag_delete(&repo, &t)?,
+                Reference::Digest(d) => {
+                    let subject = store
+                        .manifest_get(&repo, &d)?
+                        .and_then(|m| manifest::parse(Some(&m.media_type), &m.content).ok())
+                        .and_then(|p| p.subject);
+                    store.manifest_delete(&repo, &d, subject.as_ref())?
+                }
+            };
+            if existed {
+                Ok(())
+            } else {
+                Err(RegistryError::ManifestUnknown)
+            }
+        })
+        .await
+    }
+
+    // ---- listings ----
+
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<String>,
+    ) -> Result<Page> {
+        let (store, repo) = (self.store.clone(), repo.clone());
+        blocking(move || {
+            let all = store.tags_list(&repo)?.ok_or(RegistryError::NameUnknown)?;
+            Ok(paginate(all, n, last.as_deref()))
+        })
+        .await
+    }
+
+    pub async fn catalog(&self, n: Option<usize>, last: Option<String>) -> Result<Page> {
+        let store = self.store.clone();
+        blocking(move || Ok(paginate(store.repositories()?, n, last.as_deref()))).await
+    }
+
+    /// Descriptors of the manifests in `repo` that refer to `subject`,
+    /// optionally only those of `artifact_type`.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<String>,
+    ) -> Result<Vec<ReferrerDescriptor>> {
+        let (store, repo, subject) = (self.store.clone(), repo.clone(), subject.clone());
+        blocking(move || {
+            let mut out = Vec::new();
+            for raw in store.referrers(&repo, &subject)? {
+                let Ok(desc) = serde_json::from_slice::<ReferrerDescriptor>(&raw) else {
+                    tracing::warn!(repo = %repo, subject = %subject, "unreadable referrer entry skipped");
+                    continue;
+                };
+                if artifact_type.as_ref().is_some_and(|t| desc.artifact_type.as_ref() != Some(t)) {
+                    continue;
+                }
+                if store.manifest_exists(&repo, &desc.digest)? {
+                    out.push(desc);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn pagination() {
+        let all = s(&["a", "b", "c", "d"]);
+        assert_eq!(paginate(all.clone(), None, None).items, all);
+        let p = paginate(all.clone(), Some(2), None);
+        assert_eq!(
+            p,
+            Page {
+                items: s(&["a", "b"]),
+                next_last: Some("b".into())
+            }
+        );
+        let p = paginate(all.clone(), Some(2), Some("b"));
+        assert_eq!(
+            p,
+            Page {
+                items: s(&["c", "d"]),
+                next_last: None
+            }
+        );
+        let p = paginate(all.clone(), Some(10), Some("a"));
+        assert_eq!(p.items, s(&["b", "c", "d"]));
+        assert_eq!(
+            paginate(all.clone(), Some(0), None).items,
+            Vec::<String>::new()
+        );
+        assert_eq!(paginate(all, None, Some("zz")).items, Vec::<String>::new());
+    }
+
+    #[test]
+    fn references() {
+        assert!(matches!(Reference::parse("latest"), Ok(Reference::Tag(_))));
+        assert!(matches!(
+            Reference::parse(&format!("sha256:{}", "a".repeat(64))),
+            Ok(Reference::Digest(_))
+        ));
+        assert!(matches!(
+            Reference::parse("sha256:zz"),
+            Err(RegistryError::DigestInvalid(_))
+        ));
+        assert!(Reference::parse("../x").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! The storage contract: what the registry needs from wherever content lives.
+//!
+//! [`Store`] is deliberately synchronous and object-safe: the filesystem
+//! implementation is blocking I/O by nature, and the HTTP layer calls the
+//! store from blocking tasks. An object-store implementation (S3, Swift) can
+//! implement the same trait. Every implementation must pass the shared suite
+//! in [`testsuite`].
+//!
+//! Durability contract: a method that returns `Ok` has made its effect
+//! durable (on the filesystem store: file and directory fsynced). Hashing and
+//! digest verification are done by the caller ([`crate::service`]); the store
+//! moves bytes and names.
+
+pub mod fs;
+#[cfg(test)]
+mod testsuite;
+
+use std::io::{Read, Seek, Write};
+use std::time::{Duration, SystemTime};
+
+use crate::digest::Digest;
+use crate::name::{RepoName, Tag};
+
+pub use fs::FsStore;
+
+/// Errors a store can return.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// An upload's size differed from the offset a writer was opened at.
+    #[error("upload offset mismatch: stored {stored}, requested {requested}")]
+    OffsetMismatch { stored: u64, requested: u64 },
+    #[error("no space left on the storage device")]
+    NoSpace,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage I/O error: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound,
+            std::io::ErrorKind::StorageFull => StoreError::NoSpace,
+            _ => StoreError::Io(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An upload session's identifier: 32 lower-case hex digits.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn new_random() -> Self {
+        let v: u128 = rand::random();
+        UploadId(format!("{v:032x}"))
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| UploadId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What the store knows of an upload session.
+#[derive(Clone, Debug)]
+pub struct UploadInfo {
+    /// Bytes received so far.
+    pub size: u64,
+    pub started: SystemTime,
+}
+
+/// A readable, seekable blob or upload body.
+pub trait BlobRead: Read + Seek + Send {}
+impl<T: Read + Seek + Send> BlobRead for T {}
+
+/// Appends one chunk to an upload. Dropping it without `commit` rolls the
+/// upload back to where the chunk started.
+pub trait UploadWriter: Write + Send {
+    /// Makes the chunk durable and returns the upload's new size.
+    fn commit(self: Box<Self>) -> Result<u64>;
+}
+
+/// A manifest as stored: its media type and bytes.
+#[derive(Clone, Debug)]
+pub struct StoredManifest {
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// Where registry content lives. See the module doc for the contract.
+pub trait Store: Send + Sync + 'static {
+    // Blobs, shared by every repository.
+
+    /// Size of a stored blob, or `None`.
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Opens a stored blob for reading; returns it with its size.
+    fn blob_open(&self, digest: &Digest) -> Result<(Box<dyn BlobRead>, u64)>;
+    /// Removes a blob from the store (garbage collection only).
+    fn blob_delete(&self, digest: &Digest) -> Result<bool>;
+
+    // Repository links: which blobs a repository may serve.
+
+    fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
+    fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+
+    // Upload sessions.
+
+    fn upload_create(&self, repo: &RepoName) -> Result<UploadId>;
+    /// The session's state, or `None` if it does not exist for `repo`.
+    fn upload_info(&self, repo: &RepoName, id: &UploadId) -> Result<Option<UploadInfo>>;
+    /// Opens a writer appending at `offset`, which must equal the current size.
+    fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+    ) -> Result<Box<dyn UploadWriter>>;
+    /// Reads back what an upload holds (to rebuild a hash after a restart).
+    fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<Box<dyn BlobRead>>;
+    /// Turns a complete, verified upload into the blob `digest` and links it
+    /// into `repo`. The caller has checked the digest and size.
+    fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<()>;
+    fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<bool>;
+    /// Removes sessions with no activity for `max_age`; returns their ids.
+    fn uploads_purge(&self, max_age: Duration) -> Result<Vec<UploadId>>;
+
+    // Manifests and tags.
+
+    /// Stores a verified manifest: its content as a blob, its revision in
+    /// `repo`, and a referrers entry when it has a subject.
+    fn manifest_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+        referrer: Option<(&Digest, &[u8])>,
+    ) -> Result<()>;
+    fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>>;
+    fn manifest_exists(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Removes a manifest revision, every tag pointing to it and its
+    /// referrers entry (`subject`). Returns whether it existed.
+    fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        subject: Option<&Digest>,
+    ) -> Result<bool>;
+
+    fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
+    fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()>;
+    fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Tags of `repo`, sorted; `None` when the repository does not exist.
+    fn tags_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>>;
+
+    /// Descriptors (JSON) of the manifests in `repo` whose subject is `subject`.
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>>;
+
+    /// Every repository, sorted.
+    fn repositories(&self) -> Result<Vec<String>>;
+}

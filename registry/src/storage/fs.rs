@@ -1,0 +1,609 @@
+//! The filesystem store: content on a local (or DRBD-replicated) filesystem.
+//!
+//! On-disk layout under the root directory:
+//!
+//! ```text
+//! blobs/<alg>/<hex[0..2]>/<hex>                     blob content (also manifests)
+//! repositories/<name>/_layers/<alg>/<hex>           empty: blob linked into <name>
+//! repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest media type
+//! repositories/<name>/_manifests/tags/<tag>         digest the tag points to
+//! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   referrer descriptor (JSON)
+//! uploads/<id>/repo                                 repository the session belongs to
+//! uploads/<id>/data                                 bytes received so far
+//! tmp/                                              scratch for atomic writes
+//! ```
+//!
+//! `<name>` is a validated repository name, so its components never begin
+//! with `_` or `.`: the `_`-prefixed directories cannot collide with a
+//! repository. Every path is built from validated types only
+//! ([`RepoName`], [`Tag`], [`Digest`], [`UploadId`]).
+//!
+//! Durability: every file that becomes visible is written to `tmp/` (or is
+//! an upload's own data file), fsynced, renamed into place, and its directory
+//! fsynced, as is the parent of every directory created on the way. A crash
+//! at any point leaves either the old state or the new one, never a partial
+//! file under a final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::{
+    BlobRead, Result, Store, StoreError, StoredManifest, UploadId, UploadInfo, UploadWriter,
+};
+use crate::digest::Digest;
+use crate::name::{RepoName, Tag};
+
+/// A [`Store`] rooted at a directory.
+#[derive(Debug)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store at `root` and clears scratch files
+    /// left by a previous process.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let store = FsStore { root };
+        for dir in ["blobs", "repositories", "uploads", "tmp"] {
+            mkdir_durable(&store.root.join(dir))?;
+        }
+        for entry in fs::read_dir(store.tmp_dir())? {
+            let path = entry?.path();
+            let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(&d.hex()[..2])
+            .join(d.hex())
+    }
+
+    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
+        let mut p = self.root.join("repositories");
+        p.extend(repo.components());
+        p
+    }
+
+    fn layer_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_layers")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn revision_path(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_manifests/revisions")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    fn tags_dir(&self, repo: &RepoName) -> PathBuf {
+        self.repo_dir(repo).join("_manifests/tags")
+    }
+
+    fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_referrers")
+            .join(subject.algorithm().as_str())
+            .join(subject.hex())
+    }
+
+    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+
+    /// The data file of `id` if the session exists and belongs to `repo`.
+    fn upload_data(&self, repo: &RepoName, id: &UploadId) -> Result<Option<PathBuf>> {
+        let dir = self.upload_dir(id);
+        match fs::read_to_string(dir.join("repo")) {
+            Ok(owner) if owner == repo.as_str() => {
+                let data = dir.join("data");
+                Ok(data.exists().then_some(data))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `content` to `dest` atomically and durably.
+    fn write_atomic(&self, dest: &Path, content: &[u8]) -> Result<()> {
+        let tmp = TempFile::create(&self.tmp_dir())?;
+        {
+            let mut f = &tmp.file;
+            f.write_all(content)?;
+            f.sync_all()?;
+        }
+        tmp.persist(dest)
+    }
+
+    /// Creates an empty marker file durably (idempotent).
+    fn touch_durable(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            return Ok(());
+        }
+        let parent = parent_of(path)?;
+        mkdir_durable(parent)?;
+        OpenOptions::new().create(true).append(true).open(path)?;
+        fsync_dir(parent)
+    }
+}
+
+fn parent_of(path: &Path) -> Result<&Path> {
+    path.parent()
+        .ok_or_else(|| StoreError::Corrupt(format!("{} has no parent", path.display())))
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// `create_dir_all`, fsyncing the parent of every directory it creates.
+fn mkdir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_of(dir)?;
+    mkdir_durable(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a file and fsyncs its directory; `false` if it did not exist.
+fn remove_durable(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            fsync_dir(parent_of(path)?)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A scratch file that is deleted on drop unless persisted.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    persisted: bool,
+}
+
+impl TempFile {
+    fn create(dir: &Path) -> Result<Self> {
+        let path = dir.join(format!("{:032x}", rand::random::<u128>()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempFile {
+            path,
+            file,
+            persisted: false,
+        })
+    }
+
+    /// Renames the (already fsynced) file to `dest` and fsyncs its directory.
+    fn persist(mut self, dest: &Path) -> Result<()> {
+        let parent = parent_of(dest)?;
+        mkdir_durable(parent)?;
+        fs::rename(&self.path, dest)?;
+        self.persisted = true;
+        fsync_dir(parent)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+struct FsUploadWriter {
+    file: File,
+    start: u64,
+    committed: bool,
+}
+
+impl Write for FsUploadWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl UploadWriter for FsUploadWriter {
+    fn commit(mut self: Box<Self>) -> Result<u64> {
+        self.file.sync_data()?;
+        self.committed = true;
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+impl Drop for FsUploadWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Roll the unacknowledged chunk back.
+            let _ = self.file.set_len(self.start);
+        }
+    }
+}
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn list_dir_names(dir: &Path) -> Result<Option<Vec<String>>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        if let Ok(name) = entry?.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(Some(names))
+}
+
+impl Store for FsStore {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match fs::metadata(self.blob_path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn blob_open(&self, digest: &Digest) -> Result<(Box<dyn BlobRead>, u64)> {
+        let f = File::open(self.blob_path(digest))?;
+        let len = f.metadata()?.len();
+        Ok((Box::new(f), len))
+    }
+
+    fn blob_delete(&self, digest: &Digest) -> Result<bool> {
+        remove_durable(&self.blob_path(digest))
+    }
+
+    fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.touch_durable(&self.layer_link(repo, digest))
+    }
+
+    fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.layer_link(repo, digest).exists())
+    }
+
+    fn blob_unlink(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        remove_durable(&self.layer_link(repo, digest))
+    }
+
+    fn upload_create(&self, repo: &RepoName) -> Result<UploadId> {
+        let id = UploadId::new_random();
+        let dir = self.upload_dir(&id);
+        mkdir_durable(&dir)?;
+        File::create(dir.join("data"))?.sync_all()?;
+        self.write_atomic(&dir.join("repo"), repo.as_str().as_bytes())?;
+        Ok(id)
+    }
+
+    fn upload_info(&self, repo: &RepoName, id: &UploadId) -> Result<Option<UploadInfo>> {
+        let Some(data) = self.upload_data(repo, id)? else {
+            return Ok(None);
+        };
+        let size = fs::metadata(&data)?.len();
+        let started = fs::metadata(self.upload_dir(id).join("repo"))?.modified()?;
+        Ok(Some(UploadInfo { size, started }))
+    }
+
+    fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: u64,
+    ) -> Result<Box<dyn UploadWriter>> {
+        let data = self.upload_data(repo, id)?.ok_or(StoreError::NotFound)?;
+        let mut file = OpenOptions::new().write(true).open(data)?;
+        let stored = file.metadata()?.len();
+        if stored != offset {
+            return Err(StoreError::OffsetMismatch {
+                stored,
+                requested: offset,
+            });
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(FsUploadWriter {
+            file,
+            start: offset,
+            committed: false,
+        }))
+    }
+
+    fn upload_read(&self, repo: &RepoName, id: &UploadId) -> Result<Box<dyn BlobRead>> {
+        let data = self.upload_data(repo, id)?.ok_or(StoreError::NotFound)?;
+        Ok(Box::new(File::open(data)?))
+    }
+
+    fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<()> {
+        let data = self.upload_data(repo, id)?.ok_or(StoreError::NotFound)?;
+        let dest = self.blob_path(digest);
+        if !dest.exists() {
+            File::open(&data)?.sync_all()?;
+            let parent = parent_of(&dest)?;
+            mkdir_durable(parent)?;
+            fs::rename(&data, &dest)?;
+            fsync_dir(parent)?;
+        }
+        self.blob_link(repo, digest)?;
+        let _ = fs::remove_dir_all(self.upload_dir(id));
+        Ok(())
+    }
+
+    fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<bool> {
+        if self.upload_data(repo, id)?.is_none() {
+            return Ok(false);
+        }
+        fs::remove_dir_all(self.upload_dir(id))?;
+        fsync_dir(&self.root.join("uploads"))?;
+        Ok(true)
+    }
+
+    fn uploads_purge(&self, max_age: Duration) -> Result<Vec<UploadId>> {
+        let dir = self.root.join("uploads");
+        let now = SystemTime::now();
+        let mut purged = Vec::new();
+        for name in list_dir_names(&dir)?.unwrap_or_default() {
+            let Some(id) = UploadId::parse(&name) else {
+                continue;
+            };
+            let path = self.upload_dir(&id);
+            // Last activity: the data file's mtime, else the session's.
+            let modified = fs::metadata(path.join("data"))
+                .or_else(|_| fs::metadata(&path))
+                .and_then(|m| m.modified());
+            let stale = match modified {
+                Ok(t) => now.duration_since(t).unwrap_or_default() > max_age,
+                Err(_) => true,
+            };
+            if stale && fs::remove_dir_all(&path).is_ok() {
+                purged.push(id);
+            }
+        }
+        Ok(purged)
+    }
+
+    fn manifest_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        manifest: &StoredManifest,
+        referrer: Option<(&Digest, &[u8])>,
+    ) -> Result<()> {
+        let blob = self.blob_path(digest);
+        if !blob.exists() {
+            self.write_atomic(&blob, &manifest.content)?;
+        }
+        self.write_atomic(
+            &self.revision_path(repo, digest),
+            manifest.media_type.as_bytes(),
+        )?;
+        if let Some((subject, descriptor)) = referrer {
+            let name = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
+            self.write_atomic(&self.referrers_dir(repo, subject).join(name), descriptor)?;
+        }
+        Ok(())
+    }
+
+    fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let Some(media_type) = read_opt(&self.revision_path(repo, digest))? else {
+            return Ok(None);
+        };
+        let media_type = String::from_utf8(media_type)
+            .map_err(|_| StoreError::Corrupt(format!("media type of {digest}")))?;
+        let content = read_opt(&self.blob_path(digest))?
+            .ok_or_else(|| StoreError::Corrupt(format!("manifest blob {digest} missing")))?;
+        Ok(Some(StoredManifest {
+            media_type,
+            content,
+        }))
+    }
+
+    fn manifest_exists(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.revision_path(repo, digest).exists())
+    }
+
+    fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        subject: Option<&Digest>,
+    ) -> Result<bool> {
+        if !remove_durable(&self.revision_path(repo, digest))? {
+            return Ok(false);
+        }
+        let tags = self.tags_dir(repo);
+        let wanted = digest.to_string();
+        for tag in list_dir_names(&tags)?.unwrap_or_default() {
+            let path = tags.join(&tag);
+            if read_opt(&path)?.is_some_and(|d| d == wanted.as_bytes()) {
+                remove_durable(&path)?;
+            }
+        }
+        if let Some(subject) = subject {
+            let name = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
+            remove_durable(&self.referrers_dir(repo, subject).join(name))?;
+        }
+        Ok(true)
+    }
+
+    fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let Some(raw) = read_opt(&self.tags_dir(repo).join(tag.as_str()))? else {
+            return Ok(None);
+        };
+        let s = std::str::from_utf8(&raw).map_err(|_| StoreError::Corrupt(format!("tag {tag}")))?;
+        s.parse()
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("tag {tag}")))
+    }
+
+    fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        self.write_atomic(
+            &self.tags_dir(repo).join(tag.as_str()),
+            digest.to_string().as_bytes(),
+        )
+    }
+
+    fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        remove_durable(&self.tags_dir(repo).join(tag.as_str()))
+    }
+
+    fn tags_list(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
+        let dir = self.repo_dir(repo);
+        if !dir.join("_manifests").is_dir() && !dir.join("_layers").is_dir() {
+            return Ok(None);
+        }
+        let mut tags = list_dir_names(&self.tags_dir(repo))?.unwrap_or_default();
+        tags.retain(|t| Tag::parse(t).is_ok());
+        tags.sort();
+        Ok(Some(tags))
+    }
+
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>> {
+        let dir = self.referrers_dir(repo, subject);
+        let mut names = list_dir_names(&dir)?.unwrap_or_default();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(v) = read_opt(&dir.join(name))? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn repositories(&self) -> Result<Vec<String>> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+            let Some(names) = list_dir_names(dir)? else {
+                return Ok(());
+            };
+            let is_repo = names.iter().any(|n| n == "_manifests" || n == "_layers");
+            if is_repo && !prefix.is_empty() {
+                out.push(prefix.to_owned());
+            }
+            for name in names {
+                if name.starts_with('_') {
+                    continue;
+                }
+                let full = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if RepoName::parse(&full).is_ok() && dir.join(&name).is_dir() {
+                    walk(&dir.join(&name), &full, out)?;
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        walk(&self.root.join("repositories"), "", &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_store_suite() {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        super::super::testsuite::run_all(&|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FsStore::open(dir.path()).unwrap();
+            dirs.lock().unwrap().push(dir);
+            Box::new(store)
+        });
+    }
+
+    #[test]
+    fn open_clears_scratch_and_keeps_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo = RepoName::parse("r").unwrap();
+        let id = store.upload_create(&repo).unwrap();
+        std::fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
+        drop(store);
+        let store = FsStore::open(dir.path()).unwrap();
+        assert!(!dir.path().join("tmp/leftover").exists());
+        assert!(
+            store.upload_info(&repo, &id).unwrap().is_some(),
+            "uploads survive a restart"
+        );
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo = RepoName::parse("lib/app").unwrap();
+        let d = Digest::sha256(b"x");
+        let m = StoredManifest {
+            media_type: "t".into(),
+            content: b"x".to_vec(),
+        };
+        store.manifest_put(&repo, &d, &m, None).unwrap();
+        store
+            .tag_set(&repo, &Tag::parse("v1").unwrap(), &d)
+            .unwrap();
+        store.blob_link(&repo, &d).unwrap();
+        let h = d.hex();
+        for p in [
+            format!("blobs/sha256/{}/{h}", &h[..2]),
+            format!("repositories/lib/app/_manifests/revisions/sha256/{h}"),
+            format!("repositories/lib/app/_layers/sha256/{h}"),
+            "repositories/lib/app/_manifests/tags/v1".to_owned(),
+        ] {
+            assert!(dir.path().join(&p).is_file(), "{p} missing");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("repositories/lib/app/_manifests/tags/v1"))
+                .unwrap(),
+            d.to_string()
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! The binary starts, reports its address, answers health and base checks,
+//! and stops on SIGTERM with exit code 0.
+
+mod common;
+
+use common::berth::Berth;
+
+#[tokio::test]
+async fn starts_answers_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Berth::start(&dir.path().join("data"));
+    let health = reqwest::get(format!("{}/healthz", b.url())).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let base = reqwest::get(format!("{}/v2/", b.url())).await.unwrap();
+    assert_eq!(base.status(), 200);
+    assert_eq!(
+        base.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    let log = b.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("AUTHENTICATION IS DISABLED"),
+        "no loud warning in {log}"
+    );
+    let status = b.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn flags_work_as_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["registry", "serve"])
+        .env("BERTH_DATA_DIR", dir.path())
+        .env("BERTH_REGISTRY_LISTEN", "127.0.0.1:0")
+        .env("BERTH_REGISTRY_AUTH", "none")
+        .env("BERTH_TLS", "off")
+        .env("BERTH_MAX_MANIFEST_SIZE", "not-a-number")
+        .output()
+        .unwrap();
+    // The environment was read: the bad value is reported, by its variable.
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max-manifest-size") || err.contains("MAX_MANIFEST_SIZE"),
+        "{err}"
+    );
+}
