@@ -6,3 +6,4 @@
 )]
 
 pub mod berth;
+pub mod clients;
