@@ -209,6 +209,22 @@ async fn skopeo_copy_inspect_list_tags_delete() {
     listed_tags.sort();
     assert_eq!(listed_tags, ["v1", "v2"]);
 
+    // Registry to registry, into another repository (skopeo tries a
+    // cross-repository mount first): the same manifest, blobs readable there.
+    run_ok(skopeo.cmd().args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &dest("v1"),
+        &format!("docker://{}/e2e/skopeo-copy:v1", b.addr),
+    ]));
+    let (copied, _) = get_manifest(&b, "e2e/skopeo-copy", "v1").await;
+    assert_eq!(copied, image.manifest_digest);
+    for blob in image.layer_digests.iter().chain([&image.config_digest]) {
+        get_blob(&b, "e2e/skopeo-copy", blob).await;
+    }
+
     // Copy back into a fresh OCI layout: same manifest, config and layers.
     let back = tmp.path().join("back");
     run_ok(skopeo.cmd().args([
@@ -376,7 +392,21 @@ async fn docker_load_push_rmi_pull() {
         get_blob(&b, "e2e/docker", layer).await;
     }
 
-    run_ok(dockerd.cmd().args(["rmi", &name, "e2e/loaded:v1"]));
+    // The same image into a second repository: docker tries a
+    // cross-repository mount of the layer; the result must be identical.
+    let second = format!("{}/e2e/docker-second:v1", b.addr);
+    run_ok(dockerd.cmd().args(["tag", &name, &second]));
+    let push2 = run_ok(dockerd.cmd().args(["push", &second]));
+    assert!(
+        push2.stdout.contains(&format!("digest: {pushed} ")),
+        "second push: {}",
+        push2.stdout
+    );
+    for blob in layers.iter().chain([&config]) {
+        get_blob(&b, "e2e/docker-second", blob).await;
+    }
+
+    run_ok(dockerd.cmd().args(["rmi", &name, &second, "e2e/loaded:v1"]));
     let gone = run(dockerd.cmd().args(["image", "inspect", &name]));
     assert!(!gone.status.success(), "image still present after rmi");
 
