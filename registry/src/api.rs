@@ -69,8 +69,23 @@ async fn dispatch(
     resp
 }
 
-fn not_allowed() -> ApiError {
-    ApiError::new(Code::Unsupported).message("method not allowed on this endpoint")
+/// 405, with the `Allow` header RFC 9110 requires.
+fn not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(Code::Unsupported)
+        .message("method not allowed on this endpoint")
+        .header(header::ALLOW, HeaderValue::from_static(allow))
+}
+
+/// The methods an endpoint supports.
+fn allowed(ep: &Endpoint) -> &'static str {
+    match ep {
+        Endpoint::Base => "GET, HEAD",
+        Endpoint::Catalog | Endpoint::Tags { .. } | Endpoint::Referrers { .. } => "GET",
+        Endpoint::Manifest { .. } => "GET, HEAD, PUT, DELETE",
+        Endpoint::Blob { .. } => "GET, HEAD, DELETE",
+        Endpoint::Uploads { .. } => "POST",
+        Endpoint::Upload { .. } => "GET, PATCH, PUT, DELETE",
+    }
 }
 
 async fn handle(
@@ -82,6 +97,7 @@ async fn handle(
     body: Body,
 ) -> ApiResult {
     let q = Params::from_uri(uri)?;
+    let allow = allowed(&ep);
     match (ep, method.clone()) {
         (Endpoint::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, b"{}".to_vec()))
@@ -106,7 +122,7 @@ async fn handle(
                     reg.manifest_delete(&name, &reference).await?;
                     Ok(StatusCode::ACCEPTED.into_response())
                 }
-                _ => Err(not_allowed()),
+                _ => Err(not_allowed(allow)),
             }
         }
         (Endpoint::Blob { name, digest }, m) => {
@@ -119,7 +135,7 @@ async fn handle(
                     reg.blob_delete(&name, &digest).await?;
                     Ok(StatusCode::ACCEPTED.into_response())
                 }
-                _ => Err(not_allowed()),
+                _ => Err(not_allowed(allow)),
             }
         }
         (Endpoint::Uploads { name }, Method::POST) => {
@@ -153,7 +169,7 @@ async fn handle(
                     reg.upload_cancel(&name, &id).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
-                _ => Err(not_allowed()),
+                _ => Err(not_allowed(allow)),
             }
         }
         (Endpoint::Referrers { name, digest }, Method::GET) => {
@@ -179,7 +195,7 @@ async fn handle(
             }
             Ok(resp)
         }
-        _ => Err(not_allowed()),
+        _ => Err(not_allowed(allow)),
     }
 }
 

@@ -7,6 +7,7 @@
 //! and hashed on the way, so memory per upload is bounded
 //! ([`UPLOAD_BATCH`] x [`UPLOAD_QUEUE`]) whatever the blob size.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::io::Read;
@@ -117,9 +118,30 @@ pub struct Page {
 }
 
 fn paginate(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    paginate_by(all, n, last, str::cmp)
+}
+
+/// Tags in the spec's order: lexical, case-insensitive ("A", "a", "B"),
+/// ties broken byte-wise so that the order is total and `last` unambiguous.
+fn tag_order(a: &str, b: &str) -> Ordering {
+    let fold = |s: &str| {
+        s.bytes()
+            .map(|c| c.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    fold(a).cmp(&fold(b)).then_with(|| a.cmp(b))
+}
+
+/// A page of `all` (sorted by `order`): up to `n` items after `last`.
+fn paginate_by(
+    all: Vec<String>,
+    n: Option<usize>,
+    last: Option<&str>,
+    order: fn(&str, &str) -> Ordering,
+) -> Page {
     let mut iter = all
         .into_iter()
-        .filter(|i| last.is_none_or(|l| i.as_str() > l));
+        .filter(|i| last.is_none_or(|l| order(i, l) == Ordering::Greater));
     match n {
         None => Page {
             items: iter.collect(),
@@ -674,8 +696,9 @@ impl Registry {
     ) -> Result<Page> {
         let (store, repo) = (self.store.clone(), repo.clone());
         blocking(move || {
-            let all = store.tags_list(&repo)?.ok_or(RegistryError::NameUnknown)?;
-            Ok(paginate(all, n, last.as_deref()))
+            let mut all = store.tags_list(&repo)?.ok_or(RegistryError::NameUnknown)?;
+            all.sort_by(|a, b| tag_order(a, b));
+            Ok(paginate_by(all, n, last.as_deref(), tag_order))
         })
         .await
     }
