@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
@@ -50,10 +50,13 @@ const DOWNLOAD_CHUNK: usize = 256 << 10;
 async fn dispatch(
     State(reg): State<Arc<Registry>>,
     method: Method,
+    version: Version,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || content_length(&headers).is_some_and(|l| l > 0);
     let rest = uri.path().strip_prefix("/v2").unwrap_or("");
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     let result = match route::parse(rest) {
@@ -66,6 +69,13 @@ async fn dispatch(
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut()
         .insert("docker-distribution-api-version", API_VERSION);
+    if version <= Version::HTTP_11 && has_body && !resp.status().is_success() {
+        // The request may have been refused before its body was read; hyper
+        // then closes the connection after the response. Say so, or the
+        // client reuses the connection and its next request fails.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

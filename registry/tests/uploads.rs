@@ -890,3 +890,240 @@ async fn concurrent_patches_without_range_are_serialised() {
     let resp = send(reg.get(&format!("/v2/r/blobs/{digest}"))).await;
     assert!(resp.bytes().await.unwrap() == expected);
 }
+
+/// Polls the upload's status until it reports `size` (a chunk cut off by
+/// the client is rolled back once the server has noticed).
+async fn wait_for_size(srv: &Server, location: &str, size: usize) {
+    let want = range_of(size);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = upload_status(srv, location).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        if header(&resp, "range").as_deref() == Some(want.as_str()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload stuck at {:?}, expected {want}",
+            header(&resp, "range")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends the head of a request declaring `declared` body bytes, then only
+/// `body`, then closes the connection.
+async fn cut_off_request(srv: &Server, method: &str, path: &str, declared: usize, body: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {declared}\r\n\r\n",
+        srv.addr
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    conn.shutdown().await.unwrap();
+    drop(conn);
+}
+
+/// A chunk whose client goes away mid-body is rolled back entirely; the
+/// session continues from where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_cut_off_by_the_client_is_rolled_back() {
+    let reg = start().await;
+    let data = bytes(3 << 20, 16);
+    let digest = sha256(&data);
+    let location = reg.start_upload("r").await;
+    let resp = patch(&reg, &location, Some("0-99999"), &data[..100_000]).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    // With and without a Content-Range.
+    cut_off_request(&reg, "PATCH", &location, 5 << 20, &data[100_000..(2 << 20)]).await;
+    wait_for_size(&reg, &location, 100_000).await;
+    let path = location.clone();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = tokio::net::TcpStream::connect(reg.addr).await.unwrap();
+        let head = format!(
+            "PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Range: 100000-3145727\r\nContent-Length: {}\r\n\r\n",
+            (3 << 20) - 100_000
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&data[100_000..1_000_000]).await.unwrap();
+        conn.shutdown().await.unwrap();
+    }
+    wait_for_size(&reg, &location, 100_000).await;
+
+    // A cut-off closing PUT stores nothing and leaves the session as it was.
+    cut_off_request(
+        &reg,
+        "PUT",
+        &join(&location, &format!("digest={digest}")),
+        data.len() - 100_000,
+        &data[100_000..200_000],
+    )
+    .await;
+    wait_for_size(&reg, &location, 100_000).await;
+    let resp = send(reg.head(&format!("/v2/r/blobs/{digest}"))).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let resp = patch(
+        &reg,
+        &location,
+        Some("100000-2999999"),
+        &data[100_000..3_000_000],
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = send(
+        reg.put(&join(&location, &format!("digest={digest}")))
+            .body(data[3_000_000..].to_vec()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = send(reg.get(&format!("/v2/r/blobs/{digest}"))).await;
+    assert!(resp.bytes().await.unwrap() == data);
+}
+
+/// A monolithic upload cut off by the client leaves no blob and no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monolithic_upload_cut_off_leaves_nothing() {
+    let reg = start().await;
+    let data = bytes(2 << 20, 17);
+    let digest = sha256(&data);
+    cut_off_request(
+        &reg,
+        "POST",
+        &format!("/v2/r/blobs/uploads/?digest={digest}"),
+        data.len(),
+        &data[..(1 << 20)],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !files(&reg.store.join("uploads")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "session left behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = send(reg.head(&format!("/v2/r/blobs/{digest}"))).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(stored_blobs(&reg).is_empty());
+}
+
+/// Two closing PUTs of one session: one creates the blob, the other finds
+/// the session gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_closing_puts() {
+    let reg = start().await;
+    let data = bytes(1 << 20, 18);
+    let digest = sha256(&data);
+    let location = reg.start_upload("r").await;
+    let resp = patch(&reg, &location, None, &data[..1000]).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let rb = reg
+            .put(&join(&location, &format!("digest={digest}")))
+            .body(data[1000..].to_vec());
+        tasks.push(tokio::spawn(async move {
+            let resp = rb.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.text().await.unwrap())
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::NOT_FOUND => assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}"),
+            s => panic!("unexpected {s}: {body}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let resp = send(reg.get(&format!("/v2/r/blobs/{digest}"))).await;
+    assert!(resp.bytes().await.unwrap() == data);
+}
+
+/// A cancel racing a chunk: whichever is first, the outcome is consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_racing_a_chunk() {
+    let reg = start().await;
+    for round in 0..5 {
+        let location = reg.start_upload("r").await;
+        let data = bytes(4 << 20, 19 + round);
+        let patch = reg.patch(&location).body(data);
+        let cancel = reg.delete(&location);
+        let (p, c) = tokio::join!(
+            async move { patch.send().await.unwrap().status() },
+            async move {
+                tokio::time::sleep(Duration::from_millis(round * 3)).await;
+                cancel.send().await.unwrap().status()
+            }
+        );
+        assert_eq!(c, StatusCode::NO_CONTENT, "round {round}");
+        assert!(
+            p == StatusCode::ACCEPTED || p == StatusCode::NOT_FOUND,
+            "round {round}: PATCH {p}"
+        );
+        let resp = upload_status(&reg, &location).await;
+        expect_error(resp, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    }
+    assert!(files(&reg.store.join("uploads")).is_empty());
+}
+
+/// A chunk refused before its body is read: hyper closes the connection
+/// after the response, so the response must say `Connection: close` (else
+/// a client reuses the connection and its next request fails).
+#[tokio::test]
+async fn refused_chunk_closes_the_connection_explicitly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reg = start().await;
+    let location = reg.start_upload("r").await;
+    let resp = patch(&reg, &location, None, b"abc").await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        header(&resp, "connection"),
+        None,
+        "success keeps the connection"
+    );
+
+    let declared = (8 << 20).to_string();
+    for (method, path, range) in [
+        ("PATCH", location.clone(), "100-8388707"),
+        (
+            "PATCH",
+            format!("/v2/r/blobs/uploads/{}", "0".repeat(32)),
+            "0-8388607",
+        ),
+        ("PUT", join(&location, "digest=sha256:zz"), "3-8388610"),
+    ] {
+        // A keep-alive request: read the response head only.
+        let mut conn = tokio::net::TcpStream::connect(reg.addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Range: {range}\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&[0u8; 1000]).await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "{method} {path}: no response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 4"), "{method} {path}: {text}");
+        assert!(
+            text.contains("\r\nconnection: close\r\n"),
+            "{method} {path}: {text}"
+        );
+    }
+    // Through reqwest: the refused chunks do not break the next requests.
+    for _ in 0..5 {
+        let resp = patch(&reg, &location, Some("0-2"), &bytes(3, 1)).await;
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        let resp = patch(&reg, &location, Some("10-2097161"), &bytes(2 << 20, 2)).await;
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_upload_size(&reg, &location, 3).await;
+    }
+}

@@ -397,7 +397,8 @@ impl RawResponse {
 }
 
 /// Writes one HTTP/1.1 request by hand and reads the whole response
-/// (`Connection: close`).
+/// (`Connection: close`). `Content-Length` is the body's unless `headers`
+/// declare one (to send less than declared).
 pub async fn raw_request(
     addr: SocketAddr,
     method: &str,
@@ -406,10 +407,13 @@ pub async fn raw_request(
     body: &[u8],
 ) -> RawResponse {
     let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
