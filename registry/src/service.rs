@@ -226,6 +226,32 @@ impl Registry {
         map.remove(id);
     }
 
+    /// Locks the session of an existing upload; returns the guard and the
+    /// upload's size. An unknown id leaves no entry in the session map.
+    async fn lock_session(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<Option<HashState>>, u64)> {
+        let session = self.session(id);
+        let guard = session.clone().lock_owned().await;
+        match self.upload_size(repo, id).await {
+            Ok(size) => Ok((guard, size)),
+            Err(e) => {
+                drop(guard);
+                let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                // Held by the map and by us only: nobody is using it, and
+                // nobody can take it while the map is locked.
+                if map.get(id).is_some_and(|s| Arc::ptr_eq(s, &session))
+                    && Arc::strong_count(&session) == 2
+                {
+                    map.remove(id);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Removes stale upload sessions; returns how many.
     pub async fn purge_uploads(&self) -> Result<usize> {
         let store = self.store.clone();
@@ -363,9 +389,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
-        let session = self.session(id);
-        let mut guard = session.lock().await;
-        let size = self.upload_size(repo, id).await?;
+        let (mut guard, size) = self.lock_session(repo, id).await?;
         if start.is_some_and(|s| s != size) {
             return Err(RegistryError::RangeInvalid { size });
         }
@@ -393,9 +417,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
-        let session = self.session(id);
-        let mut guard = session.lock().await;
-        let size = self.upload_size(repo, id).await?;
+        let (mut guard, size) = self.lock_session(repo, id).await?;
         if start.is_some_and(|s| s != size) {
             return Err(RegistryError::RangeInvalid { size });
         }
@@ -772,6 +794,63 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(paginate(all, None, Some("zz")).items, Vec::<String>::new());
+    }
+
+    /// Requests for unknown upload ids must not grow the session map.
+    #[tokio::test]
+    async fn unknown_uploads_leave_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::FsStore::open(dir.path()).unwrap();
+        let reg = Registry::new(Arc::new(store), RegistryConfig::default());
+        let repo = RepoName::parse("r").unwrap();
+        let other = RepoName::parse("other").unwrap();
+        let known = reg.upload_start(&repo).await.unwrap();
+        let body =
+            || futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
+        let digest = Digest::sha256(b"x");
+        for _ in 0..10 {
+            let id = UploadId::new_random();
+            assert!(matches!(
+                reg.upload_append(&repo, &id, None, None, body()).await,
+                Err(RegistryError::UploadUnknown)
+            ));
+            assert!(matches!(
+                reg.upload_finish(&repo, &id, &digest, None, None, body())
+                    .await,
+                Err(RegistryError::UploadUnknown)
+            ));
+        }
+        assert!(
+            reg.upload_cancel(&repo, &UploadId::new_random())
+                .await
+                .is_err()
+        );
+        // A session used under the wrong repository.
+        assert!(
+            reg.upload_append(&other, &known, None, None, body())
+                .await
+                .is_err()
+        );
+        assert_eq!(reg.sessions.lock().unwrap().len(), 0);
+        // The real session still works, and is cached while in use.
+        assert_eq!(
+            reg.upload_append(&repo, &known, Some(0), Some(1), body())
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(reg.sessions.lock().unwrap().len(), 1);
+        reg.upload_finish(
+            &repo,
+            &known,
+            &digest,
+            None,
+            None,
+            futures_util::stream::empty::<Result<Bytes, std::io::Error>>(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reg.sessions.lock().unwrap().len(), 0);
     }
 
     #[test]
