@@ -392,3 +392,39 @@ async fn empty_catalog() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(json(resp).await, json!({ "repositories": [] }));
 }
+
+#[tokio::test]
+async fn name_length_limit() {
+    let reg = start().await;
+    // 255 characters, several components.
+    let longest = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+    assert_eq!(longest.len(), 255);
+    let digest = reg.push_blob(&longest, b"x").await;
+    let resp = send(reg.get(&format!("/v2/{longest}/blobs/{digest}"))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v = json(send(reg.get("/v2/_catalog")).await).await;
+    assert_eq!(v["repositories"], json!([longest]));
+
+    let too_long = format!("{longest}c");
+    let before = tree(reg.root.path());
+    let resp = send(reg.post(&format!("/v2/{too_long}/blobs/uploads/"))).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
+    let resp = send(reg.get(&format!("/v2/{too_long}/tags/list"))).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "NAME_INVALID").await;
+    assert_eq!(tree(reg.root.path()), before);
+}
+
+#[tokio::test]
+async fn malformed_query_strings() {
+    let reg = start().await;
+    reg.push_blob("r", b"x").await;
+    for path in [
+        "/v2/_catalog?n=-1",
+        "/v2/_catalog?n=1.5",
+        "/v2/r/tags/list?n=",
+        "/v2/r/tags/list?n=99999999999999999999999",
+    ] {
+        let resp = send(reg.get(path)).await;
+        expect_error(resp, StatusCode::BAD_REQUEST, "UNSUPPORTED").await;
+    }
+}

@@ -96,6 +96,9 @@ async fn range_requests() {
             Some("bytes */1000"),
             "{range}"
         );
+        // The spec defines no code for this; it is still a spec error body.
+        let v = json(resp).await;
+        assert!(v["errors"][0]["code"].is_string(), "{range}: {v}");
     }
 
     // A range on an empty blob can never be satisfied.
@@ -107,6 +110,12 @@ async fn range_requests() {
     .await;
     assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&resp, "content-range").as_deref(), Some("bytes */0"));
+
+    // Several ranges: the whole blob.
+    let resp = send(reg.get(&path).header("range", "bytes=0-1,5-6")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "content-range"), None);
+    assert_eq!(resp.bytes().await.unwrap().len(), 1000);
 
     // Not a byte range: the whole blob.
     let resp = send(reg.get(&path).header("range", "items=0-1")).await;
@@ -237,4 +246,25 @@ async fn invalid_digests_are_400_digest_invalid() {
     // The session survived every refused PUT.
     let resp = send(reg.get(&upload)).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+/// A link whose content is gone (e.g. collected) is an unknown blob, not an
+/// internal error.
+#[tokio::test]
+async fn linked_blob_with_missing_content() {
+    let reg = start().await;
+    let digest = reg.push_blob("r", b"soon gone").await;
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::remove_file(reg.store.join(format!("blobs/sha256/{}/{hex}", &hex[..2]))).unwrap();
+    let resp = send(reg.get(&format!("/v2/r/blobs/{digest}"))).await;
+    expect_error(resp, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    let resp = send(reg.head(&format!("/v2/r/blobs/{digest}"))).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Cannot be mounted elsewhere either.
+    let resp = send(reg.post(&format!("/v2/s/blobs/uploads/?mount={digest}&from=r"))).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    // Pushing it again restores it.
+    reg.push_blob("r", b"soon gone").await;
+    let resp = send(reg.get(&format!("/v2/r/blobs/{digest}"))).await;
+    assert_eq!(&resp.bytes().await.unwrap()[..], b"soon gone");
 }

@@ -738,3 +738,56 @@ async fn referrer_may_be_pushed_before_its_subject() {
     assert_eq!(list[0]["digest"], sha256(&index).as_str());
     assert_eq!(list[0]["size"], index.len());
 }
+
+#[tokio::test]
+async fn invalid_tags_are_refused() {
+    let reg = start().await;
+    let (m, _) = push_image(&reg, "r", "v1", 1).await;
+    let before = tree(&reg.store);
+    let long = "a".repeat(129);
+    for tag in [".hidden", "-dash", long.as_str(), "a%2fb", "t%00", "a+b"] {
+        let resp = reg.put_manifest("r", tag, OCI_MANIFEST, &m).await;
+        expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+        let resp = send(reg.get(&format!("/v2/r/manifests/{tag}"))).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "GET {tag}");
+    }
+    assert_eq!(tree(&reg.store), before, "refused tags wrote nothing");
+    // The longest and the odd-but-valid ones.
+    for tag in ["a".repeat(128), "_x".into(), "V1.0-rc_1".into(), "0".into()] {
+        reg.push_manifest("r", &tag, OCI_MANIFEST, &m).await;
+        assert_manifest(&reg, "r", &tag, OCI_MANIFEST, &m).await;
+    }
+}
+
+#[tokio::test]
+async fn a_blob_is_not_a_manifest() {
+    let reg = start().await;
+    let digest = reg.push_blob("r", br#"{"schemaVersion":2}"#).await;
+    let resp = send(reg.get(&format!("/v2/r/manifests/{digest}"))).await;
+    expect_error(resp, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let resp = send(reg.delete(&format!("/v2/r/manifests/{digest}"))).await;
+    expect_error(resp, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    // Nor can an index name a blob as a child.
+    let index = index_manifest(
+        OCI_INDEX,
+        vec![json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": 19 })],
+        json!({}),
+    );
+    let resp = reg.put_manifest("r", "idx", OCI_INDEX, &index).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn content_type_parameters_are_ignored() {
+    let reg = start().await;
+    let (m, _) = push_image(&reg, "r", "v1", 1).await;
+    let resp = reg
+        .put_manifest("r", "v2", &format!("{OCI_MANIFEST}; charset=utf-8"), &m)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_manifest(&reg, "r", "v2", OCI_MANIFEST, &m).await;
+    // A generic Content-Type: the body's mediaType decides.
+    let resp = reg.put_manifest("r", "v3", "application/json", &m).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_manifest(&reg, "r", "v3", OCI_MANIFEST, &m).await;
+}

@@ -136,6 +136,20 @@ async fn post_then_put_with_body() {
     // The finished session is gone.
     let resp = upload_status(&reg, &location).await;
     expect_error(resp, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+
+    // The uploads endpoint without its trailing slash.
+    let resp = send(reg.post("/v2/r/blobs/uploads")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = header(&resp, "location").unwrap();
+    let resp = send(
+        reg.put(&join(&location, &format!("digest={}", sha256(b"z"))))
+            .body(&b"z"[..]),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // An empty digest parameter.
+    let resp = send(reg.post("/v2/r/blobs/uploads/?digest=").body(&b"z"[..])).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
 }
 
 #[tokio::test]
