@@ -124,12 +124,8 @@ fn paginate(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
 /// Tags in the spec's order: lexical, case-insensitive ("A", "a", "B"),
 /// ties broken byte-wise so that the order is total and `last` unambiguous.
 fn tag_order(a: &str, b: &str) -> Ordering {
-    let fold = |s: &str| {
-        s.bytes()
-            .map(|c| c.to_ascii_lowercase())
-            .collect::<Vec<_>>()
-    };
-    fold(a).cmp(&fold(b)).then_with(|| a.cmp(b))
+    let fold = |s: &str| s.bytes().map(|c| c.to_ascii_lowercase());
+    fold(a).cmp(fold(b)).then_with(|| a.cmp(b))
 }
 
 /// A page of `all` (sorted by `order`): up to `n` items after `last`.
