@@ -124,7 +124,9 @@ fn paginate(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
 /// Tags in the spec's order: lexical, case-insensitive ("A", "a", "B"),
 /// ties broken byte-wise so that the order is total and `last` unambiguous.
 fn tag_order(a: &str, b: &str) -> Ordering {
-    let fold = |s: &str| s.bytes().map(|c| c.to_ascii_lowercase());
+    fn fold(s: &str) -> impl Iterator<Item = u8> + '_ {
+        s.bytes().map(|c| c.to_ascii_lowercase())
+    }
     fold(a).cmp(fold(b)).then_with(|| a.cmp(b))
 }
 
