@@ -17,9 +17,10 @@
 //! if their final PUT was in flight), and finishing them must give the blob.
 //! Content that was in flight at the kill must push again cleanly.
 //!
-//! One known defect is tolerated (and counted in the summary): a manifest
-//! DELETE by digest cut short by the kill can leave tags listed that no
-//! longer resolve. The ignored test at the end reproduces it on purpose.
+//! A manifest DELETE by digest cut short by the kill must not leave tags
+//! listed that no longer resolve; the second test widens that window on
+//! purpose (it found the defect once: tags used to be removed after the
+//! revision).
 //!
 //! `CRASH_SEED=<u64>` replays a run's random choices (timing still varies).
 
@@ -1220,27 +1221,13 @@ async fn verify(ctx: &Ctx, root: &Path, stats: &mut Stats) -> Vec<String> {
                     ));
                 }
                 if is_listed {
-                    // Listed but unresolvable: only a manifest DELETE cut
-                    // short (revision removed, tags not yet) explains it.
-                    // That is a known berth bug, reproduced on its own by
-                    // `interrupted_manifest_delete_leaves_no_dangling_tag`
-                    // (ignored until fixed); here it is reported, not fatal,
-                    // so the rest of this test keeps guarding CI.
+                    // Listed but unresolvable: a tag pointing at nothing.
                     stats.dangling_tags += 1;
-                    let interrupted = man_dels.iter().any(|d| !d.acked());
-                    let msg = format!(
-                        "tag {t} in {} is listed but does not resolve (dangling){}",
+                    problems.push(format!(
+                        "DANGLING TAG {t} in {} is listed but does not resolve{}",
                         REPOS[*r],
                         history(&all)
-                    );
-                    if interrupted {
-                        log(&format!(
-                            "  KNOWN BERTH BUG (see interrupted_manifest_delete_leaves_no_dangling_tag): \
-                             {msg}\n    (a manifest DELETE cut short removed the revision, not the tags)"
-                        ));
-                    } else {
-                        problems.push(msg);
-                    }
+                    ));
                 }
             }
             s => problems.push(format!(
@@ -1659,7 +1646,7 @@ async fn sigkill_during_concurrent_pushes_loses_nothing() {
     }
     log(&format!(
         "crash test: {ROUNDS} rounds, {total_acked_writes} acknowledged writes, all verified after every restart, \
-         losses 0, dangling tags from cut-short manifest deletes (known bug) {total_dangling}, {:.1} s",
+         losses 0, dangling tags {total_dangling}, {:.1} s",
         started.elapsed().as_secs_f64()
     ));
 }
@@ -1670,8 +1657,6 @@ async fn sigkill_during_concurrent_pushes_loses_nothing() {
 /// long, and the server is killed while workers delete. A DELETE cut short
 /// must not leave a tag that is listed but resolves to nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "berth bug: a manifest DELETE cut short by a crash leaves tags that are listed but do not \
-            resolve (FsStore::manifest_delete removes the revision before the tags)"]
 async fn interrupted_manifest_delete_leaves_no_dangling_tag() {
     const STATIC_TAGS: usize = 4000;
     const TAGS: usize = 4;

@@ -451,7 +451,11 @@ impl Store for FsStore {
         digest: &Digest,
         subject: Option<&Digest>,
     ) -> Result<bool> {
-        if !remove_durable(&self.revision_path(repo, digest))? {
+        // Tags and the referrers entry go first, the revision last: a crash
+        // in between leaves an untagged manifest (a valid state that a
+        // repeated DELETE completes), never a tag pointing at nothing.
+        let revision = self.revision_path(repo, digest);
+        if !revision.exists() {
             return Ok(false);
         }
         let tags = self.tags_dir(repo);
@@ -466,7 +470,7 @@ impl Store for FsStore {
             let name = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
             remove_durable(&self.referrers_dir(repo, subject).join(name))?;
         }
-        Ok(true)
+        remove_durable(&revision)
     }
 
     fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
