@@ -162,6 +162,7 @@ struct HashState {
 }
 
 type Session = Arc<tokio::sync::Mutex<Option<HashState>>>;
+type SessionGuard = tokio::sync::OwnedMutexGuard<Option<HashState>>;
 
 /// The registry: operations on top of a [`Store`].
 pub struct Registry {
@@ -226,11 +227,7 @@ impl Registry {
 
     /// Locks the session of an existing upload; returns the guard and the
     /// upload's size. An unknown id leaves no entry in the session map.
-    async fn lock_session(
-        &self,
-        repo: &RepoName,
-        id: &UploadId,
-    ) -> Result<(tokio::sync::OwnedMutexGuard<Option<HashState>>, u64)> {
+    async fn lock_session(&self, repo: &RepoName, id: &UploadId) -> Result<(SessionGuard, u64)> {
         let session = self.session(id);
         let guard = session.clone().lock_owned().await;
         match self.upload_size(repo, id).await {
@@ -392,7 +389,9 @@ impl Registry {
             return Err(RegistryError::RangeInvalid { size });
         }
         let hasher = self.hash_state(repo, id, guard.take(), size).await?;
-        let (hasher, new_size) = self.write_body(repo, id, size, hasher, len, body).await?;
+        let (mut guard, hasher, new_size) = self
+            .write_body(guard, repo, id, size, hasher, len, body)
+            .await?;
         *guard = Some(HashState {
             size: new_size,
             hasher,
@@ -420,7 +419,9 @@ impl Registry {
             return Err(RegistryError::RangeInvalid { size });
         }
         let hasher = self.hash_state(repo, id, guard.take(), size).await?;
-        let (hasher, _) = self.write_body(repo, id, size, hasher, len, body).await?;
+        let (guard, hasher, _) = self
+            .write_body(guard, repo, id, size, hasher, len, body)
+            .await?;
         let actual = match digest.algorithm() {
             Algorithm::Sha256 => hasher.finish(),
             other => {
@@ -481,42 +482,59 @@ impl Registry {
     /// Streams `body` onto the end of the upload (at `offset`), hashing it
     /// on the way. The chunk is durable when this returns `Ok`, and rolled
     /// back if anything fails.
+    ///
+    /// The session's lock travels with the writer to the disk thread and
+    /// comes back when the writer is done: should this future be dropped
+    /// half-way (client gone), the lock is released only after the partial
+    /// chunk has been rolled back, so no other request can interleave.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per upload style; a struct would only rename them"
+    )]
     async fn write_body<S, E>(
         &self,
+        guard: SessionGuard,
         repo: &RepoName,
         id: &UploadId,
         offset: u64,
         mut hasher: Hasher,
         len: Option<u64>,
         mut body: S,
-    ) -> Result<(Hasher, u64)>
+    ) -> Result<(SessionGuard, Hasher, u64)>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
         let (store, r, i) = (self.store.clone(), repo.clone(), id.clone());
-        let mut writer = blocking(move || match store.upload_append(&r, &i, offset) {
-            Err(StoreError::OffsetMismatch { stored, .. }) => {
-                Err(RegistryError::RangeInvalid { size: stored })
-            }
-            Err(StoreError::NotFound) => Err(RegistryError::UploadUnknown),
-            w => Ok(w?),
-        })
-        .await?;
         let (tx, mut rx) = mpsc::channel::<WriteMsg>(UPLOAD_QUEUE);
-        let disk = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let disk = tokio::task::spawn_blocking(move || -> (SessionGuard, Result<u64>) {
+            let mut writer = match store.upload_append(&r, &i, offset) {
+                Ok(w) => w,
+                Err(StoreError::OffsetMismatch { stored, .. }) => {
+                    return (guard, Err(RegistryError::RangeInvalid { size: stored }));
+                }
+                Err(StoreError::NotFound) => return (guard, Err(RegistryError::UploadUnknown)),
+                Err(e) => return (guard, Err(e.into())),
+            };
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     WriteMsg::Data(batch) => {
                         for chunk in batch {
-                            writer.write_all(&chunk).map_err(StoreError::from)?;
+                            if let Err(e) = writer.write_all(&chunk) {
+                                drop(writer); // rolls back before the lock goes
+                                return (guard, Err(StoreError::from(e).into()));
+                            }
                         }
                     }
-                    WriteMsg::Commit => return Ok(writer.commit()?),
+                    WriteMsg::Commit => {
+                        let result = writer.commit().map_err(RegistryError::from);
+                        return (guard, result);
+                    }
                 }
             }
-            // The sender went away without committing: the writer rolls back.
-            Err(RegistryError::Body("upload aborted".into()))
+            // The sender went away without committing: roll back, then unlock.
+            drop(writer);
+            (guard, Err(RegistryError::Body("upload aborted".into())))
         });
 
         let mut received = 0u64;
@@ -563,7 +581,8 @@ impl Registry {
             .await
             .map_err(|e| RegistryError::Store(StoreError::Io(std::io::Error::other(e))));
         feed?;
-        let new_size = disk??;
+        let (guard, written) = disk?;
+        let new_size = written?;
         if new_size != offset + received {
             return Err(RegistryError::Store(StoreError::Corrupt(format!(
                 "upload {} is {new_size} bytes, expected {}",
@@ -571,7 +590,7 @@ impl Registry {
                 offset + received
             ))));
         }
-        Ok((hasher, new_size))
+        Ok((guard, hasher, new_size))
     }
 
     // ---- manifests ----
