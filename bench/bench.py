@@ -4,8 +4,9 @@
 Subcommands:
   gen FILE BYTES            write BYTES random bytes to FILE, print its sha256 digest
   port PID                  print the TCP port PID listens on (from /proc)
-  serve-file FILE PORTFILE  static HTTP server for one file, zero-copy (sendfile);
-                            writes its port to PORTFILE, serves until killed
+  serve-file FILE PORTFILE  static HTTP server for one file at /sendfile (zero-copy)
+                            and /copy (through a user-space buffer); writes its
+                            port to PORTFILE, serves until killed
   chunked BASE REPO FILE DIGEST CHUNK
                             chunked upload over one keep-alive connection:
                             POST, PATCHes of CHUNK bytes with Content-Range,
@@ -77,19 +78,31 @@ def port(pid):
 
 
 def serve_file(path, portfile):
+    """GET /sendfile: the file sent with sendfile(2) (no copy in user space);
+    GET /copy: read into one reused 256 KiB buffer and sent, as a server that
+    copies through user space would."""
     size = os.path.getsize(path)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            if self.path not in ("/sendfile", "/copy"):
+                self.send_error(404)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
             self.end_headers()
             self.wfile.flush()
-            with open(path, "rb") as f:
-                self.connection.sendfile(f)
+            with open(path, "rb", buffering=0) as f:
+                if self.path == "/sendfile":
+                    self.connection.sendfile(f)
+                    return
+                buf = bytearray(256 << 10)
+                view = memoryview(buf)
+                while n := f.readinto(buf):
+                    self.connection.sendall(view[:n])
 
         def log_message(self, *args):
             pass

@@ -67,7 +67,8 @@ class Report:
         ok = vs_dist >= 3 and vs_sha >= 0.5
         detail = f"{vs_dist:.2f}× Distribution, {vs_sha:.0%} of SHA-256"
         self.targets.append((label, ok, detail))
-        return [label, fmt(b), fmt(d), f"SHA-256: {fmt(self.sha)}",
+        return [label, fmt(b), fmt(d),
+                f"SHA-256: {fmt(self.sha)}; write + fsync: {fmt(self.fsync)}",
                 f"≥ 3× Distribution (≥ {fmt(3 * d)}) and ≥ 50% of SHA-256 (≥ {fmt(self.sha / 2)})",
                 f"{verdict(ok)} ({detail})"]
 
@@ -130,15 +131,36 @@ class Report:
             ["Loopback HTTP download with curl, 1 GiB (MiB/s)", fmt(self.dl_limit),
              samples(r, "limit_download"),
              "curl from a one-file Python server that sends with `sendfile(2)`"],
+            ["(for reference) the same, server copying through user space (MiB/s)",
+             fmt(med(r, "copy_download")), samples(r, "copy_download"),
+             "the same server reading into a reused 256 KiB buffer and sending it"],
         ])
+
+    def cpu_table(self):
+        r = self.r
+        rows = []
+        for label, key in (("Monolithic upload, 256 MiB (CPU s per GiB)", "cpu_mono"),
+                           ("Chunked upload, 256 MiB (CPU s per GiB)", "cpu_chunked"),
+                           ("Monolithic upload, 1 GiB (CPU s per GiB)", "cpu_big"),
+                           ("Download, 1 GiB (CPU s per GiB)", "cpu_download")):
+            b, d = med(r, f"berth.{key}"), med(r, f"dist.{key}")
+            rows.append([label, f"{b:.2f}", f"{d:.2f}", f"{b / d:.2f}" if d else "—"])
+        b, d = float(r["berth.cpu_get_us"]), float(r["dist.cpu_get_us"])
+        rows.append(["Manifest GET, wrk (CPU µs per request)", fmt(b), fmt(d), f"{b / d:.2f}"])
+        return table(["Server CPU time (user + system)", "berth", "Distribution 2.8.2",
+                      "berth / Distribution"], rows)
 
     def samples_table(self):
         r = self.r
         rows = []
         for label, key in (("Monolithic upload (MiB/s)", "mono"),
                            ("Chunked upload (MiB/s)", "chunked"),
-                           ("Download (MiB/s)", "download")):
-            rows.append([label, samples(r, f"berth.{key}"), samples(r, f"dist.{key}")])
+                           ("Download (MiB/s)", "download"),
+                           ("Monolithic upload (CPU s per GiB)", "cpu_mono"),
+                           ("Chunked upload (CPU s per GiB)", "cpu_chunked"),
+                           ("Download (CPU s per GiB)", "cpu_download")):
+            rows.append([label, samples(r, f"berth.{key}", 2 if "cpu" in key else 1),
+                         samples(r, f"dist.{key}", 2 if "cpu" in key else 1)])
         rows.append(["RSS before / peak during the 1 GiB upload (MiB)",
                      f"{r['berth.rss_before']} / {r['berth.rss_peak']}",
                      f"{r['dist.rss_before']} / {r['dist.rss_peak']}"])
@@ -172,8 +194,8 @@ class Report:
         return "\n".join(out)
 
 
-def samples(r, key):
-    return ", ".join(fmt(v) for v in nums(r, key))
+def samples(r, key, digits=1):
+    return ", ".join(fmt(v, digits) for v in nums(r, key))
 
 
 def table(head, rows):
@@ -186,7 +208,7 @@ def main():
     if sys.argv[1] == "--table":
         rep = Report(load(sys.argv[2]))
         print(rep.machine() + "\n\n" + rep.main_table() + "\n\n" + rep.limits_table()
-              + "\n\n" + rep.summary())
+              + "\n\n" + rep.cpu_table() + "\n\n" + rep.summary())
         return
     rep = Report(load(sys.argv[1]))
     text = open(sys.argv[2]).read()
@@ -194,6 +216,7 @@ def main():
         "MACHINE": rep.machine(),
         "TABLE": rep.main_table(),
         "LIMITS": rep.limits_table(),
+        "CPU": rep.cpu_table(),
         "SAMPLES": rep.samples_table(),
         "SUMMARY": rep.summary(),
     }
