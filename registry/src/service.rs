@@ -537,6 +537,9 @@ impl Registry {
             (guard, Err(RegistryError::Body("upload aborted".into())))
         });
 
+        // Hashing runs on its own thread once a body is larger than one
+        // batch, so that receiving, hashing and writing overlap.
+        let mut hashing: Option<(mpsc::Sender<Vec<Bytes>>, tokio::task::JoinHandle<Hasher>)> = None;
         let mut received = 0u64;
         let mut batch = Vec::new();
         let mut batch_len = 0usize;
@@ -549,15 +552,26 @@ impl Registry {
                         "more bytes than the declared range".into(),
                     ));
                 }
-                hasher.update(&chunk);
                 batch_len += chunk.len();
                 batch.push(chunk);
                 if batch_len >= UPLOAD_BATCH {
                     batch_len = 0;
-                    if tx
-                        .send(WriteMsg::Data(std::mem::take(&mut batch)))
-                        .await
-                        .is_err()
+                    let (htx, _) = hashing.get_or_insert_with(|| {
+                        let mut h = hasher.clone();
+                        let (htx, mut hrx) = mpsc::channel::<Vec<Bytes>>(UPLOAD_QUEUE);
+                        let task = tokio::task::spawn_blocking(move || {
+                            while let Some(batch) = hrx.blocking_recv() {
+                                for chunk in &batch {
+                                    h.update(chunk);
+                                }
+                            }
+                            h
+                        });
+                        (htx, task)
+                    });
+                    let batch = std::mem::take(&mut batch);
+                    if htx.send(batch.clone()).await.is_err()
+                        || tx.send(WriteMsg::Data(batch)).await.is_err()
                     {
                         return Ok(()); // the disk side failed; its error is reported below
                     }
@@ -568,6 +582,22 @@ impl Registry {
                     "received {received} bytes, the range declared {}",
                     len.unwrap_or_default()
                 )));
+            }
+            match hashing.take() {
+                Some((htx, task)) => {
+                    if !batch.is_empty() && htx.send(batch.clone()).await.is_err() {
+                        return Ok(());
+                    }
+                    drop(htx);
+                    hasher = task.await.map_err(|e| {
+                        RegistryError::Store(StoreError::Io(std::io::Error::other(e)))
+                    })?;
+                }
+                None => {
+                    for chunk in &batch {
+                        hasher.update(chunk);
+                    }
+                }
             }
             if !batch.is_empty() && tx.send(WriteMsg::Data(batch)).await.is_err() {
                 return Ok(());
