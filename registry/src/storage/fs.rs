@@ -221,7 +221,7 @@ impl Drop for TempFile {
 }
 
 /// Bytes written between two requests to start writeback early.
-const WRITEBACK_STEP: u64 = 8 << 20;
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 struct FsUploadWriter {
     file: File,
