@@ -24,7 +24,7 @@ use self::route::{Endpoint, RouteError};
 use crate::digest::Digest;
 use crate::manifest::{self, OCI_INDEX};
 use crate::name::RepoName;
-use crate::service::{Page, Reference, Registry};
+use crate::service::{BlobData, Page, Reference, Registry};
 use crate::storage::{BlobRead, UploadId};
 
 type ApiResult = Result<Response, ApiError>;
@@ -517,7 +517,12 @@ async fn blob_get(
         }
     };
     let body = match reader {
-        Some(r) => Body::from_stream(read_stream(r, start, len)),
+        Some(BlobData::Mapped(bytes)) => {
+            // Both bounds are within the blob: byte_range clamps to its size.
+            let (a, b) = (start as usize, (start + len) as usize);
+            Body::from(bytes.slice(a..b))
+        }
+        Some(BlobData::Reader(r)) => Body::from_stream(read_stream(r, start, len)),
         None => Body::empty(),
     };
     let mut resp = (status, body).into_response();

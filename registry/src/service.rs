@@ -70,6 +70,14 @@ impl From<ManifestError> for RegistryError {
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
+/// A blob's content as the store hands it out.
+pub enum BlobData {
+    /// Shared immutable memory (a memory map): sent without copying.
+    Mapped(Bytes),
+    /// A reader, streamed a chunk at a time.
+    Reader(Box<dyn BlobRead>),
+}
+
 /// Registry settings.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -272,18 +280,24 @@ impl Registry {
         .await
     }
 
-    /// Opens a blob linked into `repo` for reading.
-    pub async fn blob_open(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<(Box<dyn BlobRead>, u64)> {
+    /// Opens a blob linked into `repo` for reading; returns it with its size.
+    pub async fn blob_open(&self, repo: &RepoName, digest: &Digest) -> Result<(BlobData, u64)> {
         let (store, repo, digest) = (self.store.clone(), repo.clone(), digest.clone());
         blocking(move || {
             if !store.blob_linked(&repo, &digest)? {
                 return Err(RegistryError::BlobUnknown);
             }
-            match store.blob_open(&digest) {
+            let opened = match store.blob_map(&digest) {
+                Ok(Some(bytes)) => {
+                    let len = bytes.len() as u64;
+                    Ok((BlobData::Mapped(bytes), len))
+                }
+                Ok(None) => store
+                    .blob_open(&digest)
+                    .map(|(r, len)| (BlobData::Reader(r), len)),
+                Err(e) => Err(e),
+            };
+            match opened {
                 Err(StoreError::NotFound) => Err(RegistryError::BlobUnknown),
                 r => Ok(r?),
             }

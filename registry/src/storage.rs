@@ -107,6 +107,12 @@ pub trait Store: Send + Sync + 'static {
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Opens a stored blob for reading; returns it with its size.
     fn blob_open(&self, digest: &Digest) -> Result<(Box<dyn BlobRead>, u64)>;
+    /// The whole blob as immutable shared memory, when the store can map
+    /// it: downloads then send it without copying it through user space.
+    /// `None` means: read it with [`Store::blob_open`].
+    fn blob_map(&self, _digest: &Digest) -> Result<Option<bytes::Bytes>> {
+        Ok(None)
+    }
     /// Removes a blob from the store (garbage collection only).
     fn blob_delete(&self, digest: &Digest) -> Result<bool>;
 

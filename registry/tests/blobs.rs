@@ -123,6 +123,43 @@ async fn range_requests() {
     assert_eq!(resp.bytes().await.unwrap().len(), 1000);
 }
 
+/// Blobs of 1 MiB and more are served from a memory map: the same ranges
+/// must give the same bytes there.
+#[tokio::test]
+async fn range_requests_on_large_blobs() {
+    let reg = start().await;
+    let size = (2 << 20) + 5;
+    let data = bytes(size, 9);
+    let digest = reg.push_blob("big", &data).await;
+    let path = format!("/v2/big/blobs/{digest}");
+    let last = size - 1;
+    for (range, start, end) in [
+        ("bytes=0-0".to_owned(), 0, 0),
+        (
+            format!("bytes={}-{}", 1 << 20, (1 << 20) + 99),
+            1 << 20,
+            (1 << 20) + 99,
+        ),
+        ("bytes=-7".to_owned(), size - 7, last),
+        (format!("bytes={}-", last - 3), last - 3, last),
+        (format!("bytes=5-{}", size * 2), 5, last),
+    ] {
+        let resp = send(reg.get(&path).header("range", &range)).await;
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            header(&resp, "content-range"),
+            Some(format!("bytes {start}-{end}/{size}")),
+            "{range}"
+        );
+        let got = resp.bytes().await.unwrap();
+        assert!(got == data[start..=end], "{range}: wrong bytes");
+    }
+    let resp = send(reg.get(&path).header("range", format!("bytes={size}-"))).await;
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let got = send(reg.get(&path)).await.bytes().await.unwrap();
+    assert!(got == data, "whole large blob differs");
+}
+
 #[tokio::test]
 async fn if_none_match() {
     let reg = start().await;

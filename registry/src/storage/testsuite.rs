@@ -39,6 +39,16 @@ fn blobs_are_shared_and_linked_per_repository(s: &dyn Store) {
     let mut got = Vec::new();
     r.read_to_end(&mut got).unwrap();
     assert_eq!((got.as_slice(), len), (&b"hello"[..], 5));
+    // A store that maps blobs must map exactly their content.
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let bd = put_blob(s, &a, &big);
+    if let Some(mapped) = s.blob_map(&bd).unwrap() {
+        assert_eq!(mapped.as_ref(), big.as_slice());
+    }
+    let (mut r, len) = s.blob_open(&bd).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!((got.len() as u64, got == big), (len, true));
     s.blob_link(&b, &d).unwrap();
     s.blob_link(&b, &d).unwrap(); // idempotent
     assert!(s.blob_linked(&b, &d).unwrap());
