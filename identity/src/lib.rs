@@ -1,8 +1,14 @@
 //! berth's identity service: authenticates users against OpenStack Keystone,
 //! maps users and projects to registry namespaces and issues Docker
-//! token-authentication JWTs.
+//! token-authentication JWTs, publishing its keys as JWKS.
 //!
-//! Not built yet: the registry core runs with `--auth none` until this crate
-//! provides the token service (see the project's issues).
+//! - [`authn`]: who is asking ([`authn::Identity`]), behind the
+//!   [`authn::Authenticator`] trait; Keystone is the first implementation.
+//! - [`policy`]: what an identity may do where. Pure, no I/O.
+//! - `token` / `keys`: signing keys, JWT issuance, JWKS (to come).
+//! - `http`: the `/token` endpoint (to come).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod authn;
+pub mod policy;
