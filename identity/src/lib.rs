@@ -12,3 +12,4 @@
 
 pub mod authn;
 pub mod policy;
+pub mod refresh;
