@@ -2,7 +2,7 @@
 //! (Keystone; later a local users file and OIDC) implements
 //! [`Authenticator`]. berth stores no passwords: backends check them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -81,6 +81,19 @@ pub struct ProjectRoles {
     pub name: String,
     pub roles: BTreeSet<String>,
 }
+
+/// A Keystone project as the namespace policy sees it: its tags carry the
+/// sharing rules (`registry-public`, `registry-pull=<other project>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProjectInfo {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// Every project, keyed by its name as Keystone has it (the policy compares
+/// names lower-cased).
+pub type ProjectDirectory = BTreeMap<String, ProjectInfo>;
 
 /// An authenticated user.
 #[derive(Clone, Debug, PartialEq, Eq)]
