@@ -7,6 +7,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod keystone;
+
 /// Credentials as a client presents them (HTTP Basic on `/token`).
 #[derive(Clone)]
 pub enum Credentials {
@@ -94,6 +96,18 @@ pub struct ProjectInfo {
 /// Every project, keyed by its name as Keystone has it (the policy compares
 /// names lower-cased).
 pub type ProjectDirectory = BTreeMap<String, ProjectInfo>;
+
+/// A Keystone project as the policy sees it: the namespace rules need its
+/// name, id and tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectInfo {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// Every project, by name.
+pub type ProjectDirectory = std::collections::BTreeMap<String /* name */, ProjectInfo>;
 
 /// An authenticated user.
 #[derive(Clone, Debug, PartialEq, Eq)]

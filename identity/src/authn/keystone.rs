@@ -1,0 +1,1 @@
+//! The Keystone authenticator (in progress).
