@@ -97,18 +97,6 @@ pub struct ProjectInfo {
 /// names lower-cased).
 pub type ProjectDirectory = BTreeMap<String, ProjectInfo>;
 
-/// A Keystone project as the policy sees it: the namespace rules need its
-/// name, id and tags.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProjectInfo {
-    pub id: String,
-    pub name: String,
-    pub tags: Vec<String>,
-}
-
-/// Every project, by name.
-pub type ProjectDirectory = std::collections::BTreeMap<String /* name */, ProjectInfo>;
-
 /// An authenticated user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
