@@ -12,4 +12,5 @@
 
 pub mod authn;
 pub mod policy;
+pub mod ratelimit;
 pub mod refresh;
