@@ -7,3 +7,4 @@
 
 pub mod berth;
 pub mod clients;
+pub mod keystone;
