@@ -5,13 +5,16 @@
 //! - [`authn`]: who is asking ([`authn::Identity`]), behind the
 //!   [`authn::Authenticator`] trait; Keystone is the first implementation.
 //! - [`policy`]: what an identity may do where. Pure, no I/O.
-//! - `token` / `keys`: signing keys, JWT issuance, JWKS (to come).
+//! - [`keys`] / [`token`]: signing keys, rotation, JWKS and the certificate
+//!   bundle; JWT issuance.
 //! - `http`: the `/token` endpoint (to come).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
 pub mod authn;
+pub mod keys;
 pub mod policy;
 pub mod ratelimit;
 pub mod refresh;
+pub mod token;
