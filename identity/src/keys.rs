@@ -943,6 +943,11 @@ mod tests {
         let t0 = SystemTime::now();
         let rotation = store.rotate(t0).unwrap();
         assert!(rotation.retired.is_empty());
+        let new_file = dir.path().join(format!("{}.json", rotation.kid));
+        assert_eq!(
+            fs::metadata(&new_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_ne!(rotation.kid, old.kid());
         assert_eq!(
             unix_secs(rotation.activates),
