@@ -7,12 +7,17 @@
 //! - [`policy`]: what an identity may do where. Pure, no I/O.
 //! - [`keys`] / [`token`]: signing keys, rotation, JWKS and the certificate
 //!   bundle; JWT issuance.
-//! - `http`: the `/token` endpoint (to come).
+//! - [`http`]: the `/token` endpoint (GET and OAuth2 POST), JWKS, health;
+//!   [`backend`] is what it needs from an identity backend.
+//! - [`refresh`], [`ratelimit`], [`audit`]: refresh tokens, failed-login
+//!   limits, the audit log.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
 pub mod authn;
+pub mod backend;
+pub mod http;
 pub mod keys;
 pub mod policy;
 pub mod ratelimit;
