@@ -67,6 +67,8 @@ struct TokenError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for `Retry-After` on 429.
+    retry_after: Option<u64>,
 }
 
 impl TokenError {
@@ -75,6 +77,7 @@ impl TokenError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -89,6 +92,10 @@ impl IntoResponse for TokenError {
             "errors": [{ "code": self.code, "message": self.message }]
         });
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -307,15 +314,14 @@ async fn issue_inner(
         Grant::Credentials(creds) => {
             let account = creds.account();
             event.account = Some(account.clone());
-            if !svc.limiter.allow(&account, ip) {
-                return Err((
-                    Outcome::RateLimited,
-                    TokenError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "TOOMANYREQUESTS",
-                        "too many failed logins; try again later",
-                    ),
-                ));
+            if let Some(wait) = svc.limiter.retry_after(&account, ip) {
+                let mut err = TokenError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOOMANYREQUESTS",
+                    "too many failed logins; try again later",
+                );
+                err.retry_after = Some(wait.as_secs().max(1));
+                return Err((Outcome::RateLimited, err));
             }
             match svc.backend.authenticate(creds).await {
                 Ok(id) => {
@@ -350,8 +356,7 @@ async fn issue_inner(
         }
     };
     if let Some(id) = &identity {
-        event.user_id = Some(id.user_id.clone());
-        event.auth_method = Some(format!("{:?}", id.method));
+        event.set_identity(id);
     }
     let projects = svc.backend.projects().await.map_err(unavailable)?;
     let access: Vec<Access> = policy::grant(identity.as_ref(), &projects, &svc.policy, &req.scopes);
