@@ -27,6 +27,148 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// The token service (Docker token authentication against Keystone).
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// The token signing keys in the data directory.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCommand {
+    /// Serve the token endpoint and the JWKS.
+    Serve(Box<IdentityServe>),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Add a new signing key: published now, signing after the publish
+    /// delay; keys whose tokens can no longer be valid are retired.
+    Rotate(KeysArgs),
+    /// Write the PEM certificate bundle of every published key (what a
+    /// Docker Distribution registry's `auth.token.rootcertbundle` needs).
+    ExportBundle {
+        #[command(flatten)]
+        keys: KeysArgs,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Where the keys are and how they are made.
+#[derive(Args, Debug, Clone)]
+pub struct KeysArgs {
+    /// Directory holding all state; keys are in `<data-dir>/identity/keys`.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Algorithm of new keys.
+    #[arg(long, env = "BERTH_TOKEN_ALGORITHM", value_enum, default_value_t = SigningAlgorithm::Rs256)]
+    pub token_algorithm: SigningAlgorithm,
+    /// Seconds a new key is published before it signs.
+    #[arg(long, env = "BERTH_KEY_PUBLISH_DELAY", default_value_t = 60)]
+    pub key_publish_delay: u64,
+    /// Lifetime of issued tokens, in seconds (keys outlive their tokens).
+    #[arg(long, env = "BERTH_TOKEN_LIFETIME", default_value_t = 300)]
+    pub token_lifetime: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SigningAlgorithm {
+    Rs256,
+    Es256,
+}
+
+/// `berth identity serve`.
+#[derive(Args, Debug)]
+pub struct IdentityServe {
+    #[command(flatten)]
+    pub keys: KeysArgs,
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, env = "BERTH_IDENTITY_LISTEN", default_value = "0.0.0.0:9002")]
+    pub listen: SocketAddr,
+    /// TLS mode.
+    #[arg(long, env = "BERTH_TLS", value_enum)]
+    pub tls: TlsMode,
+    /// The tokens' issuer (`iss`); the registry must expect the same.
+    #[arg(
+        long,
+        env = "BERTH_TOKEN_ISSUER",
+        default_value = "berth-token-service"
+    )]
+    pub token_issuer: String,
+    /// The registry service the tokens are for (`aud`, the `service` parameter).
+    #[arg(long, env = "BERTH_TOKEN_SERVICE", default_value = "berth-registry")]
+    pub token_service: String,
+    /// Keystone v3 URL, e.g. `http://keystone:5000/v3`. Falls back to `OS_AUTH_URL`.
+    #[arg(long, env = "BERTH_KEYSTONE_URL")]
+    pub keystone_url: Option<String>,
+    /// berth's own Keystone service account (needs `reader` on the system).
+    #[arg(long, env = "BERTH_KEYSTONE_USERNAME")]
+    pub keystone_username: String,
+    /// File holding the service account's password (or set `BERTH_KEYSTONE_PASSWORD`).
+    #[arg(long, env = "BERTH_KEYSTONE_PASSWORD_FILE")]
+    pub keystone_password_file: Option<PathBuf>,
+    /// Domain id of the service account.
+    #[arg(
+        long,
+        env = "BERTH_KEYSTONE_SERVICE_DOMAIN_ID",
+        default_value = "default"
+    )]
+    pub keystone_service_domain_id: String,
+    /// Domain id of users who log in without `@domain`.
+    #[arg(long, env = "BERTH_KEYSTONE_USER_DOMAIN_ID", default_value = "default")]
+    pub keystone_user_domain_id: String,
+    /// Project whose `admin` role makes a registry administrator.
+    #[arg(long, env = "BERTH_KEYSTONE_ADMIN_PROJECT", default_value = "admin")]
+    pub keystone_admin_project: String,
+    /// Domain id of the admin project.
+    #[arg(
+        long,
+        env = "BERTH_KEYSTONE_ADMIN_PROJECT_DOMAIN_ID",
+        default_value = "default"
+    )]
+    pub keystone_admin_project_domain_id: String,
+    /// Seconds a successful Keystone check is cached (keyed hash only).
+    #[arg(long, env = "BERTH_AUTH_CACHE_TTL", default_value_t = 60)]
+    pub auth_cache_ttl: u64,
+    /// Seconds a Keystone request may take before berth answers 503.
+    #[arg(long, env = "BERTH_KEYSTONE_TIMEOUT", default_value_t = 5)]
+    pub keystone_timeout: u64,
+    /// More registry administrators, by user name (comma-separated).
+    #[arg(long, env = "BERTH_ADMIN_USERS", value_delimiter = ',')]
+    pub admin_users: Vec<String>,
+    /// Roles on the admin project that make a registry administrator.
+    #[arg(
+        long,
+        env = "BERTH_ADMIN_ROLES",
+        value_delimiter = ',',
+        default_value = "admin"
+    )]
+    pub admin_roles: Vec<String>,
+    /// Let anonymous clients pull projects tagged `registry-public`.
+    #[arg(long, env = "BERTH_ANONYMOUS_PULL_PUBLIC", default_value_t = false)]
+    pub anonymous_pull_public: bool,
+    /// Audit log file (JSON lines); without it, the log gets the records.
+    #[arg(long, env = "BERTH_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "BERTH_REFRESH_TOKEN_LIFETIME", default_value_t = 7 * 24 * 3600)]
+    pub refresh_token_lifetime: u64,
+    /// Failed logins per account within the window before 429.
+    #[arg(long, env = "BERTH_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_failures_per_account: u32,
+    /// Failed logins per client address within the window before 429.
+    #[arg(long, env = "BERTH_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20)]
+    pub login_failures_per_address: u32,
+    /// The rate-limiting window, in seconds.
+    #[arg(long, env = "BERTH_LOGIN_FAILURE_WINDOW", default_value_t = 60)]
+    pub login_failure_window: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +226,15 @@ impl Cli {
             Command::Registry {
                 command: RegistryCommand::Serve(args),
             } => crate::serve::registry(args).await,
+            Command::Identity {
+                command: IdentityCommand::Serve(args),
+            } => crate::identity::serve(*args).await,
+            Command::Keys {
+                command: KeysCommand::Rotate(args),
+            } => crate::identity::rotate(&args),
+            Command::Keys {
+                command: KeysCommand::ExportBundle { keys, out },
+            } => crate::identity::export_bundle(&keys, out.as_deref()),
         }
     }
 }

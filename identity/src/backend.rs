@@ -23,3 +23,21 @@ pub trait Backend: Send + Sync + 'static {
     /// hand a project's namespace to a user of the same name.
     fn projects(&self) -> ProjectsFuture<'_>;
 }
+
+impl Backend for crate::authn::keystone::KeystoneAuthenticator {
+    fn authenticate<'a>(&'a self, credentials: &'a Credentials) -> AuthnFuture<'a> {
+        crate::authn::Authenticator::authenticate(self, credentials)
+    }
+
+    fn reauthorize<'a>(&'a self, user_id: &'a str) -> AuthnFuture<'a> {
+        Box::pin(crate::authn::keystone::KeystoneAuthenticator::reauthorize(
+            self, user_id,
+        ))
+    }
+
+    fn projects(&self) -> ProjectsFuture<'_> {
+        Box::pin(crate::authn::keystone::KeystoneAuthenticator::projects(
+            self,
+        ))
+    }
+}
