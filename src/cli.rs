@@ -137,6 +137,9 @@ pub struct IdentityServe {
     /// Seconds a successful Keystone check is cached (keyed hash only).
     #[arg(long, env = "BERTH_AUTH_CACHE_TTL", default_value_t = 60)]
     pub auth_cache_ttl: u64,
+    /// Seconds the Keystone project directory (names, tags) is reused.
+    #[arg(long, env = "BERTH_KEYSTONE_PROJECTS_TTL", default_value_t = 30)]
+    pub keystone_projects_ttl: u64,
     /// Seconds a Keystone request may take before berth answers 503.
     #[arg(long, env = "BERTH_KEYSTONE_TIMEOUT", default_value_t = 5)]
     pub keystone_timeout: u64,

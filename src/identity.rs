@@ -105,6 +105,7 @@ pub async fn serve(args: crate::cli::IdentityServe) -> anyhow::Result<()> {
         admin_users: args.admin_users.clone(),
         timeout: Duration::from_secs(args.keystone_timeout),
         cache_ttl: Duration::from_secs(args.auth_cache_ttl),
+        projects_ttl: Duration::from_secs(args.keystone_projects_ttl),
         ..KeystoneConfig::default()
     })?;
 

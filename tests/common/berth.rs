@@ -24,20 +24,54 @@ impl Berth {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Berth {
+        let mut args: Vec<std::ffi::OsString> = [
+            "registry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "none",
+            "--tls",
+            "off",
+            "--data-dir",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(data_dir.into());
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn(data_dir, &args, &[], "registry listening addr=")
+    }
+
+    /// Starts `berth identity serve` on an ephemeral loopback port, plain
+    /// HTTP, with `envs` (Keystone settings and the like).
+    pub fn start_identity(data_dir: &Path, envs: &[(&str, &str)]) -> Berth {
+        let mut args: Vec<std::ffi::OsString> = [
+            "identity",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            "off",
+            "--data-dir",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(data_dir.into());
+        Self::spawn(data_dir, &args, envs, "token service listening addr=")
+    }
+
+    /// Spawns the binary and waits for the log line `<marker><addr>`.
+    fn spawn(
+        data_dir: &Path,
+        args: &[std::ffi::OsString],
+        envs: &[(&str, &str)],
+        marker: &'static str,
+    ) -> Berth {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "registry",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--auth",
-                "none",
-                "--tls",
-                "off",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+            .args(args)
+            .envs(envs.iter().copied())
             .env("BERTH_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,7 +86,7 @@ impl Berth {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line
-                    .split("registry listening addr=")
+                    .split(marker)
                     .nth(1)
                     .and_then(|r| r.split_whitespace().next())
                     && let Some(tx) = tx.take()
