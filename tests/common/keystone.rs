@@ -40,7 +40,7 @@ pub const DEFAULT_DOMAIN_ID: &str = "default";
 pub const DEFAULT_DOMAIN_NAME: &str = "Default";
 
 /// Bump to invalidate templates built by an older fixture.
-const TEMPLATE_VERSION: &str = "1";
+const TEMPLATE_VERSION: &str = "3";
 
 /// `keystone.conf`; `@DIR@` is the instance directory.
 const CONF: &str = "\
@@ -147,8 +147,13 @@ impl Keystone {
                 "1",
                 "--worker-class",
                 "gthread",
+                // One thread: Keystone's SQLite transactions read before they
+                // write (every first login of a day writes `last_active_at`),
+                // and two of them at once fail with "database is locked"
+                // however the database is set up. Serialised, each request
+                // takes about 10-30 ms.
                 "--threads",
-                "4",
+                "1",
                 "--no-control-socket",
                 "--graceful-timeout",
                 "1",
@@ -233,7 +238,7 @@ impl Keystone {
 
     /// An admin client (a fresh one per test: see the module doc).
     pub fn admin(&self) -> Admin {
-        Admin::new(&self.v3(), &self.admin_password)
+        Admin::new(&self.v3(), &self.admin_password, self.log.clone())
     }
 
     /// What gunicorn and Keystone logged recently.
@@ -519,10 +524,12 @@ pub struct Admin {
     v3: String,
     password: String,
     token: tokio::sync::Mutex<Option<String>>,
+    /// Keystone's log, quoted when a call fails.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Admin {
-    fn new(v3: &str, password: &str) -> Admin {
+    fn new(v3: &str, password: &str, log: Arc<Mutex<Vec<String>>>) -> Admin {
         Admin {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -531,7 +538,14 @@ impl Admin {
             v3: v3.to_owned(),
             password: password.to_owned(),
             token: tokio::sync::Mutex::new(None),
+            log,
         }
+    }
+
+    /// The last lines Keystone logged, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(30)..].join("\n")
     }
 
     /// A token for `name` in domain `domain_id`: scoped to `project_id`, or
@@ -564,8 +578,9 @@ impl Admin {
         match token {
             Some(t) if status.as_u16() == 201 => t,
             _ => panic!(
-                "token for {name}: {status} {}",
-                resp.text().await.unwrap_or_default()
+                "token for {name}: {status} {}\nKeystone log:\n{}",
+                resp.text().await.unwrap_or_default(),
+                self.log_tail()
             ),
         }
     }
@@ -638,7 +653,11 @@ impl Admin {
         let resp = req.send().await.expect("Keystone request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        assert!(ok.contains(&status), "{method} {path}: {status} {text}");
+        assert!(
+            ok.contains(&status),
+            "{method} {path}: {status} {text}\nKeystone log:\n{}",
+            self.log_tail()
+        );
         let value = if text.is_empty() {
             Value::Null
         } else {
