@@ -5,9 +5,11 @@
 //!
 //! Flow of a token request: parse the request, refuse it early when the
 //! account or address is rate-limited, authenticate (Basic credentials,
-//! form password, or a refresh token re-checked with the backend; nothing
-//! is anonymous), list the projects, let [`crate::policy::grant`] intersect
-//! what was asked with what is allowed, sign, answer, audit.
+//! form password, or a refresh token re-checked with the backend; a GET
+//! without credentials is anonymous), list the projects, let
+//! [`crate::policy::grant`] intersect what was asked with what is allowed,
+//! sign, answer, audit. Every token request is audited once, including those
+//! refused before authentication (malformed credentials, scope or form).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,9 +27,13 @@ use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::authn::{AuthnError, Credentials, Identity, Method as AuthMethod};
 use crate::backend::Backend;
 use crate::policy::{self, PolicyConfig};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Admission, RateLimiter};
 use crate::refresh::RefreshStore;
 use crate::token::TokenIssuer;
+
+/// How long a login waits before asking the rate limiter again while
+/// attempts for its account or address are in flight.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Everything the token endpoint needs.
 pub struct TokenService {
@@ -192,7 +198,7 @@ async fn token_get(
     })();
     match request {
         Ok(r) => issue(&svc, r, ip, Method::GET).await,
-        Err(e) => e.into_response(),
+        Err(e) => refuse(&svc, e, ip, Method::GET, &params),
     }
 }
 
@@ -203,10 +209,12 @@ async fn token_post(
     body: Bytes,
 ) -> Response {
     let ip = client_ip(&extensions);
+    let params: Result<Vec<(String, String)>, _> = serde_urlencoded::from_bytes(&body);
     let request = (|| -> Result<TokenRequest, TokenError> {
-        let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        let params = params
+            .as_ref()
             .map_err(|_| TokenError::bad_request("malformed form body"))?;
-        let get = |k| params_get(&params, k);
+        let get = |k| params_get(params, k);
         let grant = match get("grant_type") {
             Some("password") => {
                 let (Some(user), Some(password)) = (get("username"), get("password")) else {
@@ -233,7 +241,7 @@ async fn token_post(
         };
         Ok(TokenRequest {
             service: get("service").map(str::to_owned),
-            scopes: scopes_of(&params)?,
+            scopes: scopes_of(params)?,
             client_id: get("client_id").unwrap_or("").to_owned(),
             offline: get("access_type") == Some("offline"),
             grant,
@@ -241,8 +249,38 @@ async fn token_post(
     })();
     match request {
         Ok(r) => issue(&svc, r, ip, Method::POST).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let params = params.as_deref().unwrap_or_default();
+            refuse(&svc, e, ip, Method::POST, params)
+        }
     }
+}
+
+/// Answers and audits a request refused before authentication: a malformed
+/// `Authorization` header counts as invalid credentials, anything else
+/// (malformed scope or form, unsupported grant) as denied. The audit line
+/// lists the scopes that did parse.
+fn refuse(
+    svc: &TokenService,
+    err: TokenError,
+    ip: Option<IpAddr>,
+    method: Method,
+    params: &[(String, String)],
+) -> Response {
+    let requested: Vec<Scope> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split_whitespace().filter_map(|s| Scope::parse(s).ok()))
+        .collect();
+    let mut event = AuditEvent::new(ip, &svc.service, &requested);
+    event.method = Some(method.to_string());
+    let outcome = if err.status == StatusCode::UNAUTHORIZED {
+        Outcome::InvalidCredentials
+    } else {
+        Outcome::Denied
+    };
+    svc.audit.record(event.outcome(outcome));
+    err.into_response()
 }
 
 async fn jwks(State(svc): State<Arc<TokenService>>) -> Response {
@@ -277,6 +315,9 @@ async fn issue_inner(
     ip: Option<IpAddr>,
     event: &mut AuditEvent,
 ) -> Result<TokenResponse, (Outcome, TokenError)> {
+    if let Grant::Credentials(creds) = &req.grant {
+        event.account = Some(creds.account());
+    }
     if let Some(service) = &req.service
         && service != &svc.service
     {
@@ -313,25 +354,35 @@ async fn issue_inner(
         Grant::Anonymous => None,
         Grant::Credentials(creds) => {
             let account = creds.account();
-            event.account = Some(account.clone());
-            if let Some(wait) = svc.limiter.retry_after(&account, ip) {
-                let mut err = TokenError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "TOOMANYREQUESTS",
-                    "too many failed logins; try again later",
-                );
-                err.retry_after = Some(wait.as_secs().max(1));
-                return Err((Outcome::RateLimited, err));
-            }
+            // Attempts in flight count against the limit: while they could
+            // reach it, wait for one to end (it may be a failure).
+            let attempt = loop {
+                match svc.limiter.begin(&account, ip) {
+                    Admission::Go(attempt) => break attempt,
+                    Admission::Busy => tokio::time::sleep(BUSY_RETRY).await,
+                    Admission::Refused(wait) => {
+                        let mut err = TokenError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "TOOMANYREQUESTS",
+                            "too many failed logins; try again later",
+                        );
+                        // Rounded up: a client retrying then is let through.
+                        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                        err.retry_after = Some(secs.max(1));
+                        return Err((Outcome::RateLimited, err));
+                    }
+                }
+            };
             match svc.backend.authenticate(creds).await {
                 Ok(id) => {
-                    svc.limiter.record_success(&account, ip);
+                    attempt.success();
                     Some(id)
                 }
                 Err(AuthnError::Invalid) => {
-                    svc.limiter.record_failure(&account, ip);
+                    attempt.failure();
                     return Err(invalid());
                 }
+                // Not a failed login; dropping the attempt ends it.
                 Err(e) => return Err(unavailable(e)),
             }
         }

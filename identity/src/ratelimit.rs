@@ -16,6 +16,12 @@
 //!   right password is refused too: we cannot know it is right without
 //!   asking Keystone. Refused attempts are not counted (the window passes
 //!   even when a client keeps trying).
+//! - Attempts in flight count against the limit: [`RateLimiter::begin`]
+//!   lets an attempt go only while the recent failures plus the attempts
+//!   still waiting on Keystone stay below the limit, and answers
+//!   [`Admission::Busy`] otherwise (the caller waits for one to end and asks
+//!   again). Without this, a client sending many guesses at once would get
+//!   them all checked before the first failure is counted.
 //! - Successes are never counted. A success clears the *account's* failures,
 //!   not the address's: otherwise an attacker holding one valid account could
 //!   wipe the address counter between guesses at other accounts.
@@ -155,6 +161,16 @@ impl<K: Eq + Hash + Clone> Failures<K> {
         }
     }
 
+    /// How many failures of `key` are in the window.
+    fn recent(&self, key: &K, now: Instant, window: Duration) -> usize {
+        self.entries.get(key).map_or(0, |times| {
+            times
+                .iter()
+                .filter(|&&t| now.saturating_duration_since(t) < window)
+                .count()
+        })
+    }
+
     fn clear(&mut self, key: &K) {
         self.entries.remove(key);
     }
@@ -176,7 +192,79 @@ impl<K: Eq + Hash + Clone> Failures<K> {
 struct State {
     accounts: Failures<String>,
     ips: Failures<IpKey>,
+    /// Attempts in flight per account and per address (keys with none are
+    /// removed).
+    pending_accounts: HashMap<String, usize>,
+    pending_ips: HashMap<IpKey, usize>,
     last_sweep: Instant,
+}
+
+fn release<K: Eq + Hash>(pending: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = pending.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            pending.remove(key);
+        }
+    }
+}
+
+/// Whether a login attempt may go ahead: see [`RateLimiter::begin`].
+#[must_use]
+pub enum Admission<'a> {
+    /// Go ahead, and report how it ended through the [`Attempt`].
+    Go(Attempt<'a>),
+    /// Refused for this long (for a `Retry-After` header).
+    Refused(Duration),
+    /// So many attempts are in flight that they could reach the limit: wait
+    /// a little and ask again.
+    Busy,
+}
+
+/// A login attempt in flight. Report its end with [`Attempt::success`] or
+/// [`Attempt::failure`]; dropping it (the backend was unavailable, or the
+/// request went away) ends it without counting anything.
+pub struct Attempt<'a> {
+    limiter: &'a RateLimiter,
+    account: Option<String>,
+    ip: Option<IpKey>,
+}
+
+impl Attempt<'_> {
+    /// The credentials were right: clears the account's failures.
+    pub fn success(self) {
+        if let Some(account) = &self.account {
+            let now = self.limiter.clock.now();
+            self.limiter.state(now).accounts.clear(account);
+        }
+    }
+
+    /// The credentials were wrong: counts a failure.
+    pub fn failure(self) {
+        let now = self.limiter.clock.now();
+        let max = self.limiter.config.max_tracked;
+        let mut state = self.limiter.state(now);
+        if let Some(account) = &self.account {
+            state.accounts.record(account.clone(), now, max);
+        }
+        if let Some(ip) = self.ip {
+            state.ips.record(ip, now, max);
+        }
+        // Unlocked before `Drop` locks again.
+        drop(state);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let now = self.limiter.clock.now();
+        let mut state = self.limiter.state(now);
+        if let Some(account) = &self.account {
+            release(&mut state.pending_accounts, account);
+        }
+        if let Some(ip) = &self.ip {
+            release(&mut state.pending_ips, ip);
+        }
+    }
 }
 
 /// Counts failed logins and refuses accounts and addresses over the limit.
@@ -198,6 +286,8 @@ impl RateLimiter {
         let state = State {
             accounts: Failures::new(config.max_failures_per_account),
             ips: Failures::new(config.max_failures_per_ip),
+            pending_accounts: HashMap::new(),
+            pending_ips: HashMap::new(),
             last_sweep: clock.now(),
         };
         RateLimiter {
@@ -234,6 +324,50 @@ impl RateLimiter {
             .blocked_for(&account.to_lowercase(), now, self.window);
         let by_ip = ip.and_then(|ip| state.ips.blocked_for(&IpKey::from(ip), now, self.window));
         by_account.max(by_ip)
+    }
+
+    /// Starts a login attempt for `account` from `ip`: refused while the
+    /// account or address is over its limit; busy while its recent failures
+    /// plus the attempts in flight reach the limit (so concurrent guesses
+    /// cannot all be checked before the first failure is counted).
+    pub fn begin(&self, account: &str, ip: Option<IpAddr>) -> Admission<'_> {
+        let now = self.clock.now();
+        let mut state = self.state(now);
+        let account = account.to_lowercase();
+        let ip = ip.map(IpKey::from);
+        let by_account = state.accounts.blocked_for(&account, now, self.window);
+        let by_ip = ip.and_then(|ip| state.ips.blocked_for(&ip, now, self.window));
+        if let Some(wait) = by_account.max(by_ip) {
+            return Admission::Refused(wait);
+        }
+        let account_limit = state.accounts.limit;
+        let ip_limit = state.ips.limit;
+        let account_busy = account_limit > 0
+            && state.accounts.recent(&account, now, self.window)
+                + state.pending_accounts.get(&account).copied().unwrap_or(0)
+                >= account_limit;
+        let ip_busy = ip.is_some_and(|ip| {
+            ip_limit > 0
+                && state.ips.recent(&ip, now, self.window)
+                    + state.pending_ips.get(&ip).copied().unwrap_or(0)
+                    >= ip_limit
+        });
+        if account_busy || ip_busy {
+            return Admission::Busy;
+        }
+        let account = (account_limit > 0).then_some(account);
+        let ip = ip.filter(|_| ip_limit > 0);
+        if let Some(account) = &account {
+            *state.pending_accounts.entry(account.clone()).or_default() += 1;
+        }
+        if let Some(ip) = ip {
+            *state.pending_ips.entry(ip).or_default() += 1;
+        }
+        Admission::Go(Attempt {
+            limiter: self,
+            account,
+            ip,
+        })
     }
 
     /// Whether a login attempt for `account` from `ip` may go ahead.
@@ -496,6 +630,61 @@ mod tests {
         assert_eq!(state.accounts.entries.len(), 3);
         drop(state);
         assert!(!rl.allow("c", None));
+    }
+
+    fn go<'a>(rl: &'a RateLimiter, account: &str, from: Option<IpAddr>) -> Attempt<'a> {
+        match rl.begin(account, from) {
+            Admission::Go(a) => a,
+            Admission::Refused(d) => panic!("refused for {d:?}"),
+            Admission::Busy => panic!("busy"),
+        }
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let (rl, clock) = limiter(RateLimitConfig {
+            max_failures_per_account: 3,
+            max_failures_per_ip: 5,
+            ..RateLimitConfig::default()
+        });
+        let a = ip("10.0.0.1");
+        // Three guesses in flight at once: a fourth must wait.
+        let first = go(&rl, "alice", a);
+        let second = go(&rl, "Alice", a);
+        let third = go(&rl, "alice", a);
+        assert!(matches!(rl.begin("alice", a), Admission::Busy));
+        // Another account from the address is fine up to its limit.
+        let other = go(&rl, "bob", a);
+        let other2 = go(&rl, "carol", a);
+        assert!(matches!(rl.begin("dave", a), Admission::Busy));
+        drop(other2); // e.g. the backend was unavailable: nothing counted
+        other.success();
+        // One failure and one success: the account was cleared.
+        first.failure();
+        second.success();
+        assert_eq!(rl.tracked().0, 0);
+        third.failure();
+        // One failure and nothing in flight: two more may go at once.
+        let x = go(&rl, "alice", a);
+        let y = go(&rl, "alice", a);
+        assert!(matches!(rl.begin("alice", a), Admission::Busy));
+        x.failure();
+        y.failure();
+        // Three failures: refused, for the window.
+        match rl.begin("alice", ip("192.0.2.1")) {
+            Admission::Refused(d) => assert!(d <= Duration::from_secs(60)),
+            _ => panic!("not refused"),
+        }
+        clock.advance(Duration::from_secs(61));
+        go(&rl, "alice", a).success();
+        // Limits of 0 track nothing in flight.
+        let (unlimited, _) = limiter(RateLimitConfig {
+            max_failures_per_account: 0,
+            max_failures_per_ip: 0,
+            ..RateLimitConfig::default()
+        });
+        let held: Vec<_> = (0..100).map(|_| go(&unlimited, "alice", a)).collect();
+        drop(held);
     }
 
     #[test]
