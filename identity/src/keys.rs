@@ -45,7 +45,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{EncodingKey, Header};
+use jsonwebtoken::Header;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -195,7 +195,7 @@ pub struct SigningKey {
     alg: Algorithm,
     created: u64,
     activates: u64,
-    encoding: EncodingKey,
+    encoding: Signer,
     /// Public JWK (`kty`, `n`/`e` or `crv`/`x`/`y`), without `kid` etc.
     public_jwk: Value,
     cert_der: Vec<u8>,
@@ -261,9 +261,39 @@ impl SigningKey {
     }
 
     /// Signs `claims` as a compact JWS with [`SigningKey::header`].
+    ///
+    /// The key pair is parsed once, when the key is loaded: going through
+    /// `jsonwebtoken::encode` re-parsed and re-validated the RSA private key
+    /// on every token, which cost more than the signature itself.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
-        jsonwebtoken::encode(&self.header(), claims, &self.encoding)
-            .map_err(|e| KeyError::Sign(e.to_string()))
+        let sign_err = |e: &dyn fmt::Display| KeyError::Sign(e.to_string());
+        let header = serde_json::to_vec(&self.header()).map_err(|e| sign_err(&e))?;
+        let claims = serde_json::to_vec(claims).map_err(|e| sign_err(&e))?;
+        let mut jws = URL_SAFE_NO_PAD.encode(header);
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(claims));
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signature = match &self.encoding {
+            Signer::Rsa(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    jws.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|e| sign_err(&e))?;
+                sig
+            }
+            Signer::Ecdsa(pair) => pair
+                .sign(&rng, jws.as_bytes())
+                .map_err(|e| sign_err(&e))?
+                .as_ref()
+                .to_vec(),
+        };
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(jws)
     }
 }
 
@@ -309,12 +339,16 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// The public JWK members, the SubjectPublicKeyInfo DER and the encoding
-/// key of a PKCS#8 private key, checked to be of `alg`.
-fn parse_private_key(
-    alg: Algorithm,
-    pkcs8: &[u8],
-) -> Result<(Value, Vec<u8>, EncodingKey), String> {
+/// A parsed private key, ready to sign. Never `Debug`.
+enum Signer {
+    Rsa(RsaKeyPair),
+    /// P-256, fixed-length `r||s` signatures (JWS), never DER.
+    Ecdsa(EcdsaKeyPair),
+}
+
+/// The public JWK members, the SubjectPublicKeyInfo DER and the signer of
+/// a PKCS#8 private key, checked to be of `alg`.
+fn parse_private_key(alg: Algorithm, pkcs8: &[u8]) -> Result<(Value, Vec<u8>, Signer), String> {
     match alg {
         Algorithm::Rs256 => {
             let pair = RsaKeyPair::from_pkcs8(pkcs8).map_err(|e| format!("not an RSA key: {e}"))?;
@@ -330,10 +364,8 @@ fn parse_private_key(
             let spki = public
                 .as_der()
                 .map_err(|_| "cannot encode the public key")?;
-            // jsonwebtoken wants PKCS#1 for RSA; it digs it out of PKCS#8 PEM.
-            let encoding = EncodingKey::from_rsa_pem(pem_encode("PRIVATE KEY", pkcs8).as_bytes())
-                .map_err(|e| format!("jsonwebtoken refuses the key: {e}"))?;
-            Ok((jwk, spki.as_ref().to_vec(), encoding))
+            let spki = spki.as_ref().to_vec();
+            Ok((jwk, spki, Signer::Rsa(pair)))
         }
         Algorithm::Es256 => {
             let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
@@ -353,7 +385,8 @@ fn parse_private_key(
                 .public_key()
                 .as_der()
                 .map_err(|_| "cannot encode the public key")?;
-            Ok((jwk, spki.as_ref().to_vec(), EncodingKey::from_ec_der(pkcs8)))
+            let spki = spki.as_ref().to_vec();
+            Ok((jwk, spki, Signer::Ecdsa(pair)))
         }
     }
 }
