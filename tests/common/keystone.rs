@@ -18,6 +18,11 @@
 //!
 //! The admin client ([`Keystone::admin`]) is async (reqwest) and made per
 //! test: a reqwest client must not outlive the tokio runtime it ran on.
+//!
+//! gunicorn runs one worker (the memory cache is per process) with four
+//! threads, and the WSGI wrapper runs Keystone for one request at a time
+//! (10-30 ms each): Keystone's SQLite transactions fail with "database is
+//! locked" when two run at once (see [`WSGI`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -64,13 +69,30 @@ backend = dogpile.cache.memory
 ";
 
 /// The WSGI module gunicorn serves. Keystone parses `sys.argv` with
-/// oslo.config, so gunicorn's flags must go first. The worker also asks to
-/// be killed when the gunicorn master dies.
+/// oslo.config, so gunicorn's flags must go first. The worker asks to be
+/// killed when the gunicorn master dies. Requests run one at a time:
+/// Keystone's SQLite transactions read before they write (every first login
+/// of a day writes `last_active_at`), and two at once fail with "database is
+/// locked". The threads still read requests concurrently: gthread gives a
+/// new connection's first bytes up to 5 s, and with one thread a client's
+/// idle spare connection would stall every request for that long.
 const WSGI: &str = "\
-import ctypes, signal, sys
+import ctypes, signal, sys, threading
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 sys.argv = sys.argv[:1]
-from keystone.wsgi.api import application  # noqa: E402,F401
+from keystone.wsgi.api import application as keystone  # noqa: E402
+
+_one_at_a_time = threading.Lock()
+
+
+def application(environ, start_response):
+    with _one_at_a_time:
+        result = keystone(environ, start_response)
+        try:
+            return list(result)
+        finally:
+            if hasattr(result, 'close'):
+                result.close()
 ";
 
 /// Starts gunicorn in this Python process, which first asks to be killed
@@ -147,13 +169,8 @@ impl Keystone {
                 "1",
                 "--worker-class",
                 "gthread",
-                // One thread: Keystone's SQLite transactions read before they
-                // write (every first login of a day writes `last_active_at`),
-                // and two of them at once fail with "database is locked"
-                // however the database is set up. Serialised, each request
-                // takes about 10-30 ms.
                 "--threads",
-                "1",
+                "4",
                 "--no-control-socket",
                 "--graceful-timeout",
                 "1",
@@ -258,6 +275,14 @@ impl Keystone {
 
 impl Drop for Keystone {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            eprintln!(
+                "Keystone at {} logged (last 60 lines):\n{}",
+                self.url,
+                log[log.len().saturating_sub(60)..].join("\n")
+            );
+        }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

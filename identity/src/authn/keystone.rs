@@ -223,6 +223,10 @@ impl KeystoneAuthenticator {
             .connect_timeout(config.connect_timeout)
             // Never follow a redirect with the service account's token.
             .redirect(reqwest::redirect::Policy::none())
+            // Servers close idle kept-alive connections after a few seconds
+            // (gunicorn 2 s, Apache 5 s); reusing one just as it closes fails
+            // the request. Drop ours first (and retry once, see `Api::send`).
+            .pool_idle_timeout(Duration::from_secs(1))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|source| KeystoneError::CaFile {

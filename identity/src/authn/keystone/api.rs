@@ -207,25 +207,56 @@ impl Api {
     }
 
     fn transport(&self, e: reqwest::Error) -> ApiError {
-        // reqwest's message names the URL, which holds no secret.
         if e.is_timeout() {
-            ApiError::Unavailable(format!("Keystone did not answer within {:?}", self.timeout))
-        } else if e.is_connect() {
-            ApiError::Unavailable(format!("cannot connect to Keystone: {e}"))
+            return ApiError::Unavailable(format!(
+                "Keystone did not answer within {:?}",
+                self.timeout
+            ));
+        }
+        // reqwest's message names the URL, which holds no secret; the causes
+        // (refused, reset, closed) are in the source chain.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why.push_str(": ");
+            why.push_str(&s.to_string());
+            source = s.source();
+        }
+        if e.is_connect() {
+            ApiError::Unavailable(format!("cannot connect to Keystone: {why}"))
         } else {
-            ApiError::Unavailable(format!("Keystone request failed: {e}"))
+            ApiError::Unavailable(format!("Keystone request failed: {why}"))
+        }
+    }
+
+    /// Sends `req`, once more if a kept-alive connection turned out closed
+    /// (the server dropped it as the request went out: "connection closed
+    /// before message completed", resets). Every request berth makes is safe
+    /// to repeat; timeouts and refused connections are not retried.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+        let retry = req.try_clone();
+        match req.send().await {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_timeout() || e.is_connect() => Err(self.transport(e)),
+            Err(e) => match retry {
+                Some(again) => {
+                    tracing::debug!(error = %e, "Keystone connection failed; retrying once");
+                    again.send().await.map_err(|e| self.transport(e))
+                }
+                None => Err(self.transport(e)),
+            },
         }
     }
 
     /// `POST /v3/auth/tokens?nocatalog` with `auth`: the token and its body.
     async fn issue(&self, auth: Value) -> Result<(Token, TokenBody), ApiError> {
         let resp = self
-            .http
-            .post(format!("{}/auth/tokens?nocatalog", self.v3))
-            .json(&json!({ "auth": auth }))
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+            .send(
+                self.http
+                    .post(format!("{}/auth/tokens?nocatalog", self.v3))
+                    .json(&json!({ "auth": auth })),
+            )
+            .await?;
         let status = resp.status();
         match status {
             StatusCode::CREATED | StatusCode::OK => {}
@@ -339,12 +370,12 @@ impl Api {
         for attempt in 0..2 {
             let token = self.service_token().await?;
             let resp = self
-                .http
-                .get(format!("{}{path}", self.v3))
-                .header("x-auth-token", &token.0)
-                .send()
-                .await
-                .map_err(|e| self.transport(e))?;
+                .send(
+                    self.http
+                        .get(format!("{}{path}", self.v3))
+                        .header("x-auth-token", &token.0),
+                )
+                .await?;
             match resp.status() {
                 StatusCode::OK => {
                     return resp

@@ -680,3 +680,87 @@ fn configuration() {
         "{err}"
     );
 }
+
+/// A server that answers the first request on each connection (keeping it
+/// alive) and closes the connection, unanswered, on the second: what a
+/// server closing an idle connection just as a request reuses it looks
+/// like. Returns the base URL and the number of connections accepted.
+async fn closing_server() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the first request (headers and Content-Length body).
+                let request = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break text;
+                        }
+                    }
+                };
+                let (status, extra, body) = if request.starts_with("POST") {
+                    (
+                        "201 Created",
+                        "X-Subject-Token: svc-token\r\n",
+                        json!({"token": {"user": user_json("u-svc", "svc", "default", "Default"),
+                            "issued_at": "2026-11-28T06:00:00Z",
+                            "expires_at": "2026-11-28T07:00:00Z"}}),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        "",
+                        json!({"projects": [{"id": "p1", "name": "one", "domain_id": "default", "tags": ["t"]}]}),
+                    )
+                };
+                let body = body.to_string();
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                // Wait for the next request on this connection, then drop it
+                // unanswered.
+                let _ = sock.read(&mut chunk).await;
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn a_connection_closed_under_a_request_is_retried_once() {
+    let (url, connections) = closing_server().await;
+    let ks = KeystoneAuthenticator::new(config(&url)).unwrap();
+    // The service token (first request on connection 1), then the project
+    // list: second request on connection 1, dropped, and retried on a new
+    // connection.
+    let dir = ks.projects().await.unwrap();
+    assert_eq!(dir["one"].tags, ["t"]);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
