@@ -294,9 +294,10 @@ impl KeystoneAuthenticator {
                 password,
             } => {
                 let domain = self.user_domain(domain.as_deref());
+                // Length-prefixed: no two (user, domain) pairs share a string.
                 let account = match &domain {
-                    DomainRef::Id(d) => format!("{username}\0id\0{d}"),
-                    DomainRef::Name(d) => format!("{username}\0name\0{d}"),
+                    DomainRef::Id(d) => format!("{}:{username}:id:{d}", username.len()),
+                    DomainRef::Name(d) => format!("{}:{username}:name:{d}", username.len()),
                 };
                 ("password", account, password)
             }

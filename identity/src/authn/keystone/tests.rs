@@ -412,7 +412,7 @@ async fn cache_keys_are_hmacs_not_secrets() {
     let a = KeystoneAuthenticator::new(config(&url)).unwrap();
     let b = KeystoneAuthenticator::new(config(&url)).unwrap();
     a.authenticate(&pw("alice", "pw")).await.unwrap();
-    let account = "alice\0id\0default";
+    let account = "5:alice:id:default";
     let k = a.cache.key("password", account, "pw");
     assert!(a.cache.get(&k).is_some(), "stored under the HMAC");
     assert_ne!(
