@@ -140,6 +140,10 @@ pub struct IdentityServe {
     /// Seconds the Keystone project directory (names, tags) is reused.
     #[arg(long, env = "BERTH_KEYSTONE_PROJECTS_TTL", default_value_t = 30)]
     pub keystone_projects_ttl: u64,
+    /// Seconds a user's Keystone role assignments are reused by their next
+    /// password logins (the password itself is checked every time).
+    #[arg(long, env = "BERTH_KEYSTONE_ROLES_TTL", default_value_t = 30)]
+    pub keystone_roles_ttl: u64,
     /// Seconds a Keystone request may take before berth answers 503.
     #[arg(long, env = "BERTH_KEYSTONE_TIMEOUT", default_value_t = 5)]
     pub keystone_timeout: u64,

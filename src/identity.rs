@@ -106,6 +106,7 @@ pub async fn serve(args: crate::cli::IdentityServe) -> anyhow::Result<()> {
         timeout: Duration::from_secs(args.keystone_timeout),
         cache_ttl: Duration::from_secs(args.auth_cache_ttl),
         projects_ttl: Duration::from_secs(args.keystone_projects_ttl),
+        roles_ttl: Duration::from_secs(args.keystone_roles_ttl),
         ..KeystoneConfig::default()
     })?;
 

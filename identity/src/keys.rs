@@ -196,6 +196,8 @@ pub struct SigningKey {
     created: u64,
     activates: u64,
     encoding: Signer,
+    /// The JWS header, base64url, made on first use: it never changes.
+    header_b64: std::sync::OnceLock<String>,
     /// Public JWK (`kty`, `n`/`e` or `crv`/`x`/`y`), without `kid` etc.
     public_jwk: Value,
     cert_der: Vec<u8>,
@@ -267,9 +269,16 @@ impl SigningKey {
     /// on every token, which cost more than the signature itself.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
         let sign_err = |e: &dyn fmt::Display| KeyError::Sign(e.to_string());
-        let header = serde_json::to_vec(&self.header()).map_err(|e| sign_err(&e))?;
+        if self.header_b64.get().is_none() {
+            let header = serde_json::to_vec(&self.header()).map_err(|e| sign_err(&e))?;
+            let _ = self.header_b64.set(URL_SAFE_NO_PAD.encode(header));
+        }
+        let header = self
+            .header_b64
+            .get()
+            .ok_or_else(|| KeyError::Sign("no header".into()))?;
         let claims = serde_json::to_vec(claims).map_err(|e| sign_err(&e))?;
-        let mut jws = URL_SAFE_NO_PAD.encode(header);
+        let mut jws = header.clone();
         jws.push('.');
         jws.push_str(&URL_SAFE_NO_PAD.encode(claims));
         let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -426,6 +435,7 @@ impl SigningKey {
             created: file.created,
             activates: file.activates,
             encoding,
+            header_b64: std::sync::OnceLock::new(),
             public_jwk,
             cert_pem: pem_encode("CERTIFICATE", &cert_der),
             cert_der,
@@ -483,6 +493,7 @@ impl SigningKey {
             created,
             activates,
             encoding,
+            header_b64: std::sync::OnceLock::new(),
             public_jwk,
             cert_der,
             cert_pem,

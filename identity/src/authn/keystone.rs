@@ -30,7 +30,7 @@ mod cache;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,6 +86,12 @@ pub struct KeystoneConfig {
     /// How long the project directory is reused.
     #[serde(rename = "projects_ttl_secs", deserialize_with = "secs")]
     pub projects_ttl: Duration,
+    /// How long a user's role assignments, read for a password login, are
+    /// reused by the next password logins of that user (the password is
+    /// still checked by Keystone every time the credential cache misses).
+    /// A removed role stops counting at the latest after this long.
+    #[serde(rename = "roles_ttl_secs", deserialize_with = "secs")]
+    pub roles_ttl: Duration,
     /// How long past `projects_ttl` a directory may still serve while
     /// Keystone is unavailable.
     #[serde(rename = "projects_max_stale_secs", deserialize_with = "secs")]
@@ -110,6 +116,7 @@ impl Default for KeystoneConfig {
             cache_ttl: Duration::from_secs(60),
             cache_max_entries: 10_000,
             projects_ttl: Duration::from_secs(30),
+            roles_ttl: Duration::from_secs(30),
             projects_max_stale: Duration::from_secs(300),
         }
     }
@@ -133,6 +140,7 @@ impl fmt::Debug for KeystoneConfig {
             .field("cache_ttl", &self.cache_ttl)
             .field("cache_max_entries", &self.cache_max_entries)
             .field("projects_ttl", &self.projects_ttl)
+            .field("roles_ttl", &self.roles_ttl)
             .field("projects_max_stale", &self.projects_max_stale)
             .finish()
     }
@@ -178,7 +186,13 @@ pub struct KeystoneAuthenticator {
     api: Api,
     cache: Cache,
     directory: tokio::sync::Mutex<DirectoryState>,
+    /// Role assignments by user id, with when they were read.
+    roles: std::sync::Mutex<HashMap<String, (Instant, UserRoles)>>,
 }
+
+/// A user's projects with their roles, and whether those roles make the
+/// user an administrator.
+type UserRoles = (Vec<ProjectRoles>, bool);
 
 impl fmt::Debug for KeystoneAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -258,7 +272,34 @@ impl KeystoneAuthenticator {
             api,
             cache,
             directory: tokio::sync::Mutex::new(DirectoryState::default()),
+            roles: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The user's role assignments, from the short-lived roles cache or
+    /// from Keystone (which keeps the login's latency close to Keystone's
+    /// own password check: the assignments query costs more than it).
+    async fn roles_of(&self, user_id: &str) -> Result<UserRoles, ApiError> {
+        let ttl = self.config.roles_ttl;
+        if !ttl.is_zero() {
+            let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((read, cached)) = roles.get(user_id)
+                && read.elapsed() < ttl
+            {
+                return Ok(cached.clone());
+            }
+        }
+        let fresh = self.projects_of(user_id).await?;
+        if !ttl.is_zero() {
+            let mut roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+            if roles.len() >= self.config.cache_max_entries {
+                roles.retain(|_, (read, _)| read.elapsed() < ttl);
+            }
+            if roles.len() < self.config.cache_max_entries {
+                roles.insert(user_id.to_owned(), (Instant::now(), fresh.clone()));
+            }
+        }
+        Ok(fresh)
     }
 
     /// The settings in use.
@@ -358,7 +399,7 @@ impl KeystoneAuthenticator {
         password: &str,
     ) -> Result<Identity, ApiError> {
         let token = self.api.password(username, domain, password).await?;
-        let (projects, admin_by_role) = self.projects_of(&token.user.id).await?;
+        let (projects, admin_by_role) = self.roles_of(&token.user.id).await?;
         let domain_name = token
             .user
             .domain

@@ -546,6 +546,43 @@ async fn service_token_is_reused_and_renewed_on_401() {
     assert_eq!(fake.service_logins.load(Ordering::SeqCst), 2);
 }
 
+/// Role assignments are reused for `roles_ttl` by the next password logins
+/// of the same user; the password itself is checked every time.
+#[tokio::test]
+async fn role_assignments_are_reused_for_roles_ttl() {
+    let (fake, url) = serve().await;
+    for (roles_ttl, reads) in [(Duration::from_secs(30), 1), (Duration::ZERO, 3)] {
+        let before = (
+            fake.user_auths.load(Ordering::SeqCst),
+            fake.reads.load(Ordering::SeqCst),
+        );
+        let ks = KeystoneAuthenticator::new(KeystoneConfig {
+            cache_ttl: Duration::ZERO,
+            roles_ttl,
+            ..config(&url)
+        })
+        .unwrap();
+        let first = ks.authenticate(&pw("alice", "pw")).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(ks.authenticate(&pw("alice", "pw")).await.unwrap(), first);
+        }
+        assert!(matches!(
+            ks.authenticate(&pw("alice", "wrong")).await,
+            Err(AuthnError::Invalid)
+        ));
+        assert_eq!(
+            fake.user_auths.load(Ordering::SeqCst) - before.0,
+            4,
+            "password checked each time"
+        );
+        assert_eq!(
+            fake.reads.load(Ordering::SeqCst) - before.1,
+            reads,
+            "roles_ttl {roles_ttl:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn service_token_renewed_before_it_expires() {
     let (fake, url) = serve().await;
@@ -553,6 +590,7 @@ async fn service_token_renewed_before_it_expires() {
     *fake.service_lifetime.lock().unwrap() = 2;
     let ks = KeystoneAuthenticator::new(KeystoneConfig {
         cache_ttl: Duration::ZERO,
+        roles_ttl: Duration::ZERO,
         ..config(&url)
     })
     .unwrap();
