@@ -85,6 +85,16 @@ impl Setup {
         req.send().await.unwrap()
     }
 
+    /// `POST /token` with a form (the OAuth2 form of the protocol).
+    async fn token_post(&self, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(format!("{}/token", self.berth.url()))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Claims of a token `user` gets for `scopes` (asserting 200).
     async fn grant(&self, user: &UserLogin, scopes: &[&str]) -> Value {
         let resp = self
@@ -299,13 +309,7 @@ async fn credentials_refresh_tokens_and_revocation() {
         ("access_type", "offline"),
         ("scope", scope.as_str()),
     ];
-    let resp = s
-        .http
-        .post(format!("{}/token", s.berth.url()))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.token_post(&form).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     let refresh = body["refresh_token"]
@@ -320,13 +324,7 @@ async fn credentials_refresh_tokens_and_revocation() {
         ("client_id", "docker"),
         ("scope", scope.as_str()),
     ];
-    let resp = s
-        .http
-        .post(format!("{}/token", s.berth.url()))
-        .form(&refresh_form)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.token_post(&refresh_form).await;
     assert_eq!(resp.status(), 200);
     let c = claims(
         resp.json::<Value>().await.unwrap()["token"]
@@ -342,13 +340,7 @@ async fn credentials_refresh_tokens_and_revocation() {
         .token_get(Some((&alice.name, &alice.password)), &[&scope])
         .await;
     assert_eq!(resp.status(), 401, "disabled user still logs in");
-    let resp = s
-        .http
-        .post(format!("{}/token", s.berth.url()))
-        .form(&refresh_form)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.token_post(&refresh_form).await;
     assert_eq!(
         resp.status(),
         401,
