@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod auth;
 pub mod digest;
 pub mod manifest;
 pub mod name;
