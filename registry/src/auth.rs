@@ -14,6 +14,11 @@
 //! `iss` must equal the configured issuer, `aud` the configured service
 //! (a JSON string, an array is refused); `exp` is required; `exp` and
 //! `nbf` are checked with 60 s of leeway.
+//!
+//! Keys come only from the configured key set, chosen by the header's
+//! `kid`: a `jwk` or `x5c` in the token header is never trusted (a token
+//! must not bring its own key), so a token without a known `kid` is
+//! refused.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -722,6 +727,45 @@ mod tests {
         let token = format!("{}.{rest}", b64(&serde_json::to_vec(&header).unwrap()));
         let v = verifier(&f);
         assert_eq!(v.verify(&token), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn a_key_embedded_in_the_header_is_not_trusted() {
+        let f = fixture(KeyAlg::Es256);
+        let v = verifier(&f);
+        let trusted = f.keys.signing_key().unwrap().kid().to_owned();
+        // The attacker's own P-256 key, sent along in `jwk`.
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+        )
+        .unwrap();
+        let point = pair.public_key().as_ref();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "evil",
+            "x": b64(&point[1..33]), "y": b64(&point[33..])});
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let claims = json!({"iss": ISS, "sub": "mallory", "aud": AUD, "exp": now + 300,
+            "nbf": now, "iat": now, "jti": "j",
+            "access": [{"type": "repository", "name": "alice/app", "actions": ["*"]}]});
+        let key = EncodingKey::from_ec_der(pkcs8.as_ref());
+        for kid in [trusted.as_str(), "evil"] {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(kid.to_owned());
+            header.jwk = Some(serde_json::from_value(jwk.clone()).unwrap());
+            let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+            let expected = if kid == "evil" {
+                AuthError::UnknownKey("evil".into())
+            } else {
+                AuthError::BadSignature
+            };
+            assert_eq!(v.verify(&token), Err(expected));
+        }
     }
 
     #[test]
