@@ -46,3 +46,50 @@ fn flags_work_as_environment_variables() {
         "{err}"
     );
 }
+
+/// `berth keys export-bundle` and `berth keys rotate` on a data directory:
+/// the first key is made on first use, a rotation publishes a second one,
+/// and both are in the bundle a Distribution registry would trust.
+#[test]
+fn keys_rotate_and_export_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["keys"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let certs = |pem: &str| pem.matches("-----BEGIN CERTIFICATE-----").count();
+    let first = berth(&["export-bundle"]);
+    assert_eq!(certs(&first), 1, "{first}");
+    assert_eq!(
+        berth(&["export-bundle"]),
+        first,
+        "keys are made once, then reused"
+    );
+    let rotated = berth(&["rotate"]);
+    assert!(rotated.contains("published"), "{rotated}");
+    let bundle_file = dir.path().join("bundle.pem");
+    berth(&["export-bundle", "--out", bundle_file.to_str().unwrap()]);
+    let bundle = std::fs::read_to_string(&bundle_file).unwrap();
+    assert_eq!(certs(&bundle), 2, "{bundle}");
+    assert!(bundle.contains(first.trim()), "the old key stays published");
+    // Private keys stay private: 0600 files, never in the bundle.
+    assert!(!bundle.contains("PRIVATE KEY"));
+    for entry in std::fs::read_dir(dir.path().join("identity/keys")).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        if meta.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(meta.permissions().mode() & 0o077, 0);
+        }
+    }
+}
