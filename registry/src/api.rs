@@ -3,9 +3,14 @@
 //! `/v2/{*rest}` is parsed once into an [`route::Endpoint`] and dispatched on
 //! endpoint and method; every failure becomes the spec's JSON error through
 //! [`error::ApiError`]. Handlers only translate HTTP to [`Registry`] calls.
+//!
+//! With a [`token::TokenAuth`] ([`router_with_auth`]), every `/v2` request
+//! must carry a bearer token granting its access, checked after the
+//! endpoint is parsed and before the handler reads the body.
 
 pub mod error;
 pub mod route;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -21,6 +26,7 @@ use tokio::sync::mpsc;
 
 use self::error::{ApiError, Code};
 use self::route::{Endpoint, RouteError};
+use self::token::TokenAuth;
 use crate::digest::Digest;
 use crate::manifest::{self, OCI_INDEX};
 use crate::name::RepoName;
@@ -29,14 +35,27 @@ use crate::storage::{BlobRead, UploadId};
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Builds the registry's router.
+/// Builds the registry's router, without authentication.
 pub fn router(registry: Arc<Registry>) -> Router {
+    router_with_auth(registry, None)
+}
+
+/// Builds the registry's router; with `auth`, every `/v2` request needs a
+/// bearer token granting its access (`/healthz` stays open).
+pub fn router_with_auth(registry: Arc<Registry>, auth: Option<Arc<TokenAuth>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
-        .with_state(registry)
+        .with_state(AppState { registry, auth })
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    auth: Option<Arc<TokenAuth>>,
 }
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
@@ -48,7 +67,7 @@ const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 const DOWNLOAD_CHUNK: usize = 256 << 10;
 
 async fn dispatch(
-    State(reg): State<Arc<Registry>>,
+    State(state): State<AppState>,
     method: Method,
     version: Version,
     uri: Uri,
@@ -59,10 +78,19 @@ async fn dispatch(
         || content_length(&headers).is_some_and(|l| l > 0);
     let rest = uri.path().strip_prefix("/v2").unwrap_or("");
     let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let result = match route::parse(rest) {
-        Ok(ep) => handle(&reg, ep, &method, &uri, &headers, body).await,
-        Err(RouteError::NameInvalid) => Err(ApiError::new(Code::NameInvalid)),
-        Err(RouteError::NotFound) => Err(ApiError::new(Code::Unsupported)
+    let route = route::parse(rest);
+    let refused = match &state.auth {
+        Some(auth) => auth
+            .check(route.as_ref().ok(), &method, &uri, &headers)
+            .await
+            .err(),
+        None => None,
+    };
+    let result = match (refused, route) {
+        (Some(err), _) => Err(err),
+        (None, Ok(ep)) => handle(&state.registry, ep, &method, &uri, &headers, body).await,
+        (None, Err(RouteError::NameInvalid)) => Err(ApiError::new(Code::NameInvalid)),
+        (None, Err(RouteError::NotFound)) => Err(ApiError::new(Code::Unsupported)
             .status(StatusCode::NOT_FOUND)
             .message("no such endpoint")),
     };

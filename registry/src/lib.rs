@@ -14,5 +14,6 @@ pub mod name;
 pub mod service;
 pub mod storage;
 
-pub use api::router;
+pub use api::token::{KeyRefetch, TokenAuth};
+pub use api::{router, router_with_auth};
 pub use service::{Registry, RegistryConfig};

@@ -128,6 +128,27 @@ impl ApiError {
         self.headers.push((name, value));
         self
     }
+
+    /// 401 `UNAUTHORIZED`: no bearer token; `challenge` is the
+    /// `WWW-Authenticate` value.
+    pub fn unauthorized(challenge: HeaderValue) -> Self {
+        ApiError::new(Code::Unauthorized).header(header::WWW_AUTHENTICATE, challenge)
+    }
+
+    /// 401 `UNAUTHORIZED`: a token that does not verify.
+    pub fn invalid_token(challenge: HeaderValue) -> Self {
+        ApiError::new(Code::Unauthorized)
+            .message("authentication required: invalid token")
+            .header(header::WWW_AUTHENTICATE, challenge)
+    }
+
+    /// 401 `DENIED`: a valid token without the access. Distribution answers
+    /// 401 (not 403) so that clients fetch a token with the wider scope.
+    pub fn insufficient_scope(challenge: HeaderValue) -> Self {
+        ApiError::new(Code::Denied)
+            .status(StatusCode::UNAUTHORIZED)
+            .header(header::WWW_AUTHENTICATE, challenge)
+    }
 }
 
 impl From<RegistryError> for ApiError {

@@ -1,0 +1,274 @@
+//! Token authentication at the HTTP edge: [`TokenAuth`] holds the
+//! [`Verifier`], the challenge's `realm` and `service`, and an optional
+//! callback that refetches the token service's key set when a token names
+//! an unknown `kid` (at most once every [`REFETCH_INTERVAL`]).
+//!
+//! [`TokenAuth::check`] runs in `dispatch` after the endpoint is parsed and
+//! before its handler reads the body, so a refused request writes nothing.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use berth_auth::{Action, Claims, Scope};
+
+use super::error::ApiError;
+use super::route::Endpoint;
+use crate::auth::{
+    AuthError, KeySet, Verifier, catalog_access, challenge, is_granted, required_access,
+    scope_granted, scope_string,
+};
+
+/// The least time between two refetches of the key set.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A callback that fetches the current key set (`None` when it cannot).
+pub type KeyRefetch =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<KeySet>> + Send>> + Send + Sync>;
+
+/// Bearer-token enforcement for the registry API.
+pub struct TokenAuth {
+    verifier: RwLock<Verifier>,
+    realm: String,
+    service: String,
+    refetch: Option<KeyRefetch>,
+    /// When the key set was last refetched; held across the refetch so
+    /// that concurrent requests with the new key wait for it.
+    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("realm", &self.realm)
+            .field("service", &self.service)
+            .field("refetch", &self.refetch.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request must be granted.
+enum Required {
+    /// Only a valid token (`/v2/`, and paths that are no endpoint).
+    Nothing,
+    /// Repository access, per operation.
+    Repository(Vec<(String, Action)>),
+    /// A non-repository scope (the catalog).
+    Scope(Scope),
+}
+
+impl Required {
+    fn scope(&self) -> Option<String> {
+        match self {
+            Required::Nothing => None,
+            Required::Repository(r) => Some(scope_string(r)),
+            Required::Scope(s) => Some(s.to_string()),
+        }
+    }
+
+    fn granted(&self, claims: &Claims) -> bool {
+        match self {
+            Required::Nothing => true,
+            Required::Repository(r) => is_granted(claims, r),
+            Required::Scope(s) => scope_granted(claims, s),
+        }
+    }
+}
+
+impl TokenAuth {
+    /// Enforces tokens verified by `verifier`; challenges send clients to
+    /// `realm` for `service` (which should be the verifier's audience).
+    pub fn new(verifier: Verifier, realm: impl Into<String>, service: impl Into<String>) -> Self {
+        TokenAuth {
+            verifier: RwLock::new(verifier),
+            realm: realm.into(),
+            service: service.into(),
+            refetch: None,
+            last_refetch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Refetches the key set with `refetch` when a token names an unknown
+    /// key.
+    pub fn with_refetch(mut self, refetch: KeyRefetch) -> Self {
+        self.refetch = Some(refetch);
+        self
+    }
+
+    /// The challenge's realm.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// The challenge's service.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Replaces the trusted keys.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.verifier
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_keys(keys);
+    }
+
+    fn verify_now(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(token)
+    }
+
+    /// Verifies `token`; on an unknown key, refetches the key set (at most
+    /// once every [`REFETCH_INTERVAL`]) and tries once more.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        match self.verify_now(token) {
+            Err(AuthError::UnknownKey(kid)) => {
+                let Some(refetch) = &self.refetch else {
+                    return Err(AuthError::UnknownKey(kid));
+                };
+                let mut last = self.last_refetch.lock().await;
+                // Another request may have refetched while this one waited.
+                match self.verify_now(token) {
+                    Err(AuthError::UnknownKey(kid)) => {
+                        if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
+                            return Err(AuthError::UnknownKey(kid));
+                        }
+                        *last = Some(Instant::now());
+                        match refetch().await {
+                            Some(keys) => {
+                                tracing::info!(keys = keys.len(), "refetched the token key set");
+                                self.set_keys(keys);
+                                self.verify_now(token)
+                            }
+                            None => {
+                                tracing::warn!("could not refetch the token key set");
+                                Err(AuthError::UnknownKey(kid))
+                            }
+                        }
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Checks that the request carries a token granting what `ep` and
+    /// `method` need; the refusal is a 401 with a Bearer challenge.
+    pub(crate) async fn check(
+        &self,
+        ep: Option<&Endpoint>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Claims, ApiError> {
+        let required = required_for(ep, method, uri);
+        let scope = required.scope();
+        let challenge_with = |error: Option<&str>| {
+            hv(&challenge(
+                &self.realm,
+                &self.service,
+                scope.as_deref(),
+                error,
+            ))
+        };
+        let Some(token) = bearer(headers) else {
+            return Err(ApiError::unauthorized(challenge_with(None)));
+        };
+        let claims = match self.verify(token).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::info!(error = %e, "refused a registry token");
+                return Err(ApiError::invalid_token(challenge_with(Some(
+                    "invalid_token",
+                ))));
+            }
+        };
+        if !required.granted(&claims) {
+            tracing::info!(subject = %claims.sub, scope = scope.as_deref().unwrap_or(""),
+                "token lacks the access");
+            return Err(ApiError::insufficient_scope(challenge_with(Some(
+                "insufficient_scope",
+            ))));
+        }
+        Ok(claims)
+    }
+}
+
+/// What `method` on `ep` needs; `None` is a path that is no endpoint.
+fn required_for(ep: Option<&Endpoint>, method: &Method, uri: &Uri) -> Required {
+    let repo =
+        |name: &str, from: Option<&str>| Required::Repository(required_access(method, name, from));
+    match ep {
+        None | Some(Endpoint::Base) => Required::Nothing,
+        Some(Endpoint::Catalog) => Required::Scope(catalog_access()),
+        Some(Endpoint::Uploads { name }) if *method == Method::POST => {
+            let from = mount_from(uri);
+            repo(name.as_str(), from.as_deref())
+        }
+        Some(
+            Endpoint::Tags { name }
+            | Endpoint::Uploads { name }
+            | Endpoint::Manifest { name, .. }
+            | Endpoint::Blob { name, .. }
+            | Endpoint::Upload { name, .. }
+            | Endpoint::Referrers { name, .. },
+        ) => repo(name.as_str(), None),
+    }
+}
+
+/// The `from` of a mount (`?mount=<digest>&from=<name>`).
+fn mount_from(uri: &Uri) -> Option<String> {
+    let query = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri).ok()?;
+    let get = |k: &str| query.0.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    get("mount")?;
+    get("from").cloned()
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        for (v, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+        ] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            assert_eq!(bearer(&h), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn mounts_need_pull_on_the_source() {
+        let uri: Uri = "/v2/a/blobs/uploads/?mount=sha256:x&from=b/c"
+            .parse()
+            .unwrap();
+        assert_eq!(mount_from(&uri).as_deref(), Some("b/c"));
+        let uri: Uri = "/v2/a/blobs/uploads/?from=b/c".parse().unwrap();
+        assert_eq!(mount_from(&uri), None);
+    }
+}
