@@ -190,12 +190,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// How clients are authenticated. Token authentication comes with the
-/// identity service; until then only the explicit development mode exists.
+/// How clients are authenticated.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
     /// No authentication: anyone who can connect may push, pull and delete.
     None,
+    /// Bearer tokens from the token service (Docker token authentication),
+    /// verified against its JWKS.
+    Token,
 }
 
 /// Transport security. HTTPS arrives with the all-in-one `berth serve`.
@@ -225,6 +227,28 @@ pub struct RegistryServe {
     /// Upload sessions idle for this many seconds are removed.
     #[arg(long, env = "BERTH_UPLOAD_MAX_AGE", default_value_t = 24 * 3600)]
     pub upload_max_age: u64,
+    /// `--auth token`: the token endpoint clients are sent to (the
+    /// challenge's `realm`), e.g. `https://registry.example/token`.
+    #[arg(long, env = "BERTH_TOKEN_REALM", required_if_eq("auth", "token"))]
+    pub token_realm: Option<String>,
+    /// `--auth token`: this registry's service name (the tokens' `aud`).
+    #[arg(long, env = "BERTH_TOKEN_SERVICE", default_value = "berth-registry")]
+    pub token_service: String,
+    /// `--auth token`: the trusted token issuer (`iss`).
+    #[arg(
+        long,
+        env = "BERTH_TOKEN_ISSUER",
+        default_value = "berth-token-service"
+    )]
+    pub token_issuer: String,
+    /// `--auth token`: URL of the token service's JWKS, fetched at start
+    /// and again when a token names an unknown key.
+    #[arg(long, env = "BERTH_TOKEN_JWKS_URL", conflicts_with = "token_jwks_file")]
+    pub token_jwks_url: Option<String>,
+    /// `--auth token`: a file holding the JWKS (instead of a URL), read
+    /// at start and again when a token names an unknown key.
+    #[arg(long, env = "BERTH_TOKEN_JWKS_FILE")]
+    pub token_jwks_file: Option<PathBuf>,
 }
 
 impl Cli {
