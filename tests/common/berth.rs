@@ -43,6 +43,26 @@ impl Berth {
         Self::spawn(data_dir, &args, &[], "registry listening addr=")
     }
 
+    /// Starts `berth registry serve` on an ephemeral loopback port, plain
+    /// HTTP, with the caller's `--auth ...` and other flags.
+    pub fn start_registry(data_dir: &Path, flags: &[&str]) -> Berth {
+        let mut args: Vec<std::ffi::OsString> = [
+            "registry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            "off",
+            "--data-dir",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(data_dir.into());
+        args.extend(flags.iter().map(Into::into));
+        Self::spawn(data_dir, &args, &[], "registry listening addr=")
+    }
+
     /// Starts `berth identity serve` on an ephemeral loopback port, plain
     /// HTTP, with `envs` (Keystone settings and the like).
     pub fn start_identity(data_dir: &Path, envs: &[(&str, &str)]) -> Berth {
