@@ -24,61 +24,22 @@ impl Berth {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Berth {
-        let mut args: Vec<std::ffi::OsString> = [
-            "registry",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--auth",
-            "none",
-            "--tls",
-            "off",
-            "--data-dir",
-        ]
-        .iter()
-        .map(Into::into)
-        .collect();
-        args.push(data_dir.into());
-        args.extend(extra.iter().map(Into::into));
-        Self::spawn(data_dir, &args, &[], "registry listening addr=")
+        let mut flags = vec!["--auth", "none"];
+        flags.extend_from_slice(extra);
+        Self::start_registry(data_dir, &flags)
     }
 
     /// Starts `berth registry serve` on an ephemeral loopback port, plain
     /// HTTP, with the caller's `--auth ...` and other flags.
     pub fn start_registry(data_dir: &Path, flags: &[&str]) -> Berth {
-        let mut args: Vec<std::ffi::OsString> = [
-            "registry",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls",
-            "off",
-            "--data-dir",
-        ]
-        .iter()
-        .map(Into::into)
-        .collect();
-        args.push(data_dir.into());
-        args.extend(flags.iter().map(Into::into));
+        let args = serve_args("registry", data_dir, flags);
         Self::spawn(data_dir, &args, &[], "registry listening addr=")
     }
 
     /// Starts `berth identity serve` on an ephemeral loopback port, plain
     /// HTTP, with `envs` (Keystone settings and the like).
     pub fn start_identity(data_dir: &Path, envs: &[(&str, &str)]) -> Berth {
-        let mut args: Vec<std::ffi::OsString> = [
-            "identity",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls",
-            "off",
-            "--data-dir",
-        ]
-        .iter()
-        .map(Into::into)
-        .collect();
-        args.push(data_dir.into());
+        let args = serve_args("identity", data_dir, &[]);
         Self::spawn(data_dir, &args, envs, "token service listening addr=")
     }
 
@@ -157,6 +118,25 @@ impl Berth {
             .status();
         self.child.wait().expect("wait for berth")
     }
+}
+
+/// `berth <service> serve --listen 127.0.0.1:0 --tls off --data-dir DIR FLAGS...`
+fn serve_args(service: &str, data_dir: &Path, flags: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        service,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls",
+        "off",
+        "--data-dir",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(data_dir.into());
+    args.extend(flags.iter().map(Into::into));
+    args
 }
 
 impl Drop for Berth {
