@@ -7,6 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+pub(crate) mod cache;
 pub mod keystone;
 
 /// Credentials as a client presents them (HTTP Basic on `/token`).

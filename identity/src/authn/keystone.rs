@@ -18,15 +18,14 @@
 //!   application credentials, which are only what their own roles make
 //!   them).
 //! - Successful checks are cached for `cache_ttl` under an HMAC of the
-//!   credentials ([`cache`]); a disabled user or a deleted credential stops
-//!   working when the entry ends. Failures are never cached. A check that
+//!   credentials (`authn::cache`); a disabled user or a deleted credential
+//!   stops working when the entry ends. Failures are never cached. A check that
 //!   needs Keystone fails with [`AuthnError::Unavailable`] within `timeout`,
 //!   while cached identities keep working.
 //! - The service token is kept until shortly before it expires, and renewed
 //!   when Keystone refuses it.
 
 mod api;
-mod cache;
 #[cfg(test)]
 mod tests;
 
@@ -39,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer};
 
 use self::api::{Api, ApiError, DomainRef, NamedInDomain, ServiceLogin, TokenBody};
-use self::cache::Cache;
+use crate::authn::cache::Cache;
 use crate::authn::{
     Authenticator, AuthnError, AuthnFuture, Credentials, Identity, Method, ProjectDirectory,
     ProjectInfo, ProjectRoles,

@@ -1,7 +1,8 @@
 //! Successful checks, remembered for a short time under a keyed hash of the
 //! credentials (HMAC-SHA256 with a per-process random key): the cache never
 //! holds a password or secret, and its keys are worthless outside this
-//! process. Failed checks are never stored.
+//! process. Failed checks are never stored. Shared by the backends that
+//! check secrets (Keystone, the local users file).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,9 +14,9 @@ use aws_lc_rs::rand::SystemRandom;
 use crate::authn::Identity;
 
 /// An HMAC-SHA256 tag: the cache key.
-pub(super) type CacheKey = [u8; 32];
+pub(crate) type CacheKey = [u8; 32];
 
-pub(super) struct Cache {
+pub(crate) struct Cache {
     hmac: hmac::Key,
     ttl: Duration,
     max_entries: usize,
@@ -25,7 +26,7 @@ pub(super) struct Cache {
 impl Cache {
     /// A cache with a fresh random key. Fails only when the system's random
     /// source does.
-    pub(super) fn new(ttl: Duration, max_entries: usize) -> Result<Cache, ()> {
+    pub(crate) fn new(ttl: Duration, max_entries: usize) -> Result<Cache, ()> {
         let hmac = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).map_err(|_| ())?;
         Ok(Cache {
             hmac,
@@ -37,7 +38,7 @@ impl Cache {
 
     /// The key for credentials of `kind` for `account` with `secret`. Each
     /// part is length-prefixed, so no two different triples share an input.
-    pub(super) fn key(&self, kind: &str, account: &str, secret: &str) -> CacheKey {
+    pub(crate) fn key(&self, kind: &str, account: &str, secret: &str) -> CacheKey {
         let mut ctx = hmac::Context::with_key(&self.hmac);
         for part in [kind, account, secret] {
             ctx.update(&(part.len() as u64).to_be_bytes());
@@ -49,7 +50,7 @@ impl Cache {
     }
 
     /// The identity stored under `key`, unless its entry has ended.
-    pub(super) fn get(&self, key: &CacheKey) -> Option<Identity> {
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Identity> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(key) {
             Some((expires, identity)) if Instant::now() < *expires => Some(identity.clone()),
@@ -64,7 +65,7 @@ impl Cache {
     /// Remembers a successful check for the cache's lifetime. When full
     /// (after dropping ended entries), the new entry is not stored: memory
     /// stays bounded whatever the traffic.
-    pub(super) fn insert(&self, key: CacheKey, identity: Identity) {
+    pub(crate) fn insert(&self, key: CacheKey, identity: Identity) {
         if self.ttl.is_zero() || self.max_entries == 0 {
             return;
         }
@@ -75,7 +76,7 @@ impl Cache {
             if entries.len() >= self.max_entries {
                 tracing::warn!(
                     max_entries = self.max_entries,
-                    "Keystone authentication cache full; not caching"
+                    "authentication cache full; not caching"
                 );
                 return;
             }
@@ -84,7 +85,7 @@ impl Cache {
     }
 
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 }
