@@ -1,6 +1,14 @@
 //! Authentication: turning credentials into an [`Identity`]. Each backend
-//! (Keystone; later a local users file and OIDC) implements
-//! [`Authenticator`]. berth stores no passwords: backends check them.
+//! implements [`Authenticator`]:
+//!
+//! - [`keystone`]: OpenStack Keystone checks the passwords and application
+//!   credentials; berth stores no Keystone password.
+//! - [`local`]: the embedded default when no Keystone is configured, a
+//!   users file with bcrypt hashes (managed with `berth users`).
+//! - Later OIDC.
+//!
+//! Successful checks are cached under a keyed hash of the credentials
+//! (`cache`), never the secrets themselves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -9,6 +17,7 @@ use std::pin::Pin;
 
 pub(crate) mod cache;
 pub mod keystone;
+pub mod local;
 
 /// Credentials as a client presents them (HTTP Basic on `/token`).
 #[derive(Clone)]

@@ -41,3 +41,20 @@ impl Backend for crate::authn::keystone::KeystoneAuthenticator {
         ))
     }
 }
+
+impl Backend for crate::authn::local::LocalUsers {
+    fn authenticate<'a>(&'a self, credentials: &'a Credentials) -> AuthnFuture<'a> {
+        Box::pin(crate::authn::local::LocalUsers::authenticate(
+            self,
+            credentials,
+        ))
+    }
+
+    fn reauthorize<'a>(&'a self, user_id: &'a str) -> AuthnFuture<'a> {
+        Box::pin(crate::authn::local::LocalUsers::reauthorize(self, user_id))
+    }
+
+    fn projects(&self) -> ProjectsFuture<'_> {
+        Box::pin(crate::authn::local::LocalUsers::projects(self))
+    }
+}

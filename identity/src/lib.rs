@@ -1,9 +1,11 @@
-//! berth's identity service: authenticates users against OpenStack Keystone,
-//! maps users and projects to registry namespaces and issues Docker
-//! token-authentication JWTs, publishing its keys as JWKS.
+//! berth's identity service: authenticates users against OpenStack Keystone
+//! or a local users file, maps users and projects to registry namespaces and
+//! issues Docker token-authentication JWTs, publishing its keys as JWKS.
 //!
 //! - [`authn`]: who is asking ([`authn::Identity`]), behind the
-//!   [`authn::Authenticator`] trait; Keystone is the first implementation.
+//!   [`authn::Authenticator`] trait: Keystone ([`authn::keystone`]), or the
+//!   local users file with bcrypt hashes ([`authn::local`]), the embedded
+//!   default when no Keystone is configured.
 //! - [`policy`]: what an identity may do where. Pure, no I/O.
 //! - [`keys`] / [`token`]: signing keys, rotation, JWKS and the certificate
 //!   bundle; JWT issuance.

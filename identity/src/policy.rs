@@ -183,7 +183,7 @@ impl Rights {
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: one component of a repository name
 /// in the OCI distribution-spec grammar.
-fn valid_component(c: &str) -> bool {
+pub(crate) fn valid_component(c: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let b = c.as_bytes();
     let (Some(&first), Some(&last)) = (b.first(), b.last()) else {

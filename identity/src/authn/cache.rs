@@ -84,6 +84,15 @@ impl Cache {
         entries.insert(key, (now + self.ttl, identity));
     }
 
+    /// Forgets every entry (the backend's source changed: a removed user or
+    /// a new password must not keep working from the cache).
+    pub(crate) fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
@@ -145,6 +154,16 @@ mod tests {
         // Replacing an existing entry still works when full.
         c.insert(c.key("password", "a", "pw"), identity("a"));
         assert!(c.get(&c.key("password", "a", "pw")).is_some());
+    }
+
+    #[test]
+    fn clear_forgets_everything() {
+        let c = Cache::new(Duration::from_secs(60), 10).unwrap();
+        let k = c.key("password", "a", "pw");
+        c.insert(k, identity("a"));
+        c.clear();
+        assert!(c.get(&k).is_none());
+        assert_eq!(c.len(), 0);
     }
 
     #[test]
