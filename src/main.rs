@@ -7,6 +7,7 @@
 mod cli;
 mod identity;
 mod serve;
+mod tls;
 
 use clap::Parser;
 
