@@ -1,10 +1,13 @@
-//! Command-line interface. Every flag can also be given as a `BERTH_*`
-//! environment variable.
+//! Command-line interface. Settings come from [`crate::config`]: a TOML
+//! file (`--config`), `BERTH_*` environment variables, and the flags here,
+//! which override both; `--set section.key=value` reaches every key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Loaded, Sources};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,12 +25,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The registry service (OCI Distribution API).
+    /// Run the registry (port 9001) and its token service (port 9002) in
+    /// one process, over HTTPS with a generated certificate unless
+    /// configured otherwise.
+    Serve(Box<ServeArgs>),
+    /// The registry service alone (OCI Distribution API).
     Registry {
         #[command(subcommand)]
         command: RegistryCommand,
     },
-    /// The token service (Docker token authentication against Keystone).
+    /// The token service alone (Docker token authentication).
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
@@ -37,237 +44,353 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Check or show the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage the local users file (the embedded default, without Keystone).
+    Users {
+        #[command(subcommand)]
+        command: crate::users::UsersCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryCommand {
+    /// Serve the registry API.
+    Serve(Box<RegistryServeArgs>),
 }
 
 #[derive(Subcommand, Debug)]
 enum IdentityCommand {
     /// Serve the token endpoint and the JWKS.
-    Serve(Box<IdentityServe>),
+    Serve(Box<IdentityServeArgs>),
 }
 
 #[derive(Subcommand, Debug)]
 enum KeysCommand {
     /// Add a new signing key: published now, signing after the publish
     /// delay; keys whose tokens can no longer be valid are retired.
-    Rotate(KeysArgs),
+    Rotate(ConfigArgs),
     /// Write the PEM certificate bundle of every published key (what a
     /// Docker Distribution registry's `auth.token.rootcertbundle` needs).
     ExportBundle {
         #[command(flatten)]
-        keys: KeysArgs,
+        config: ConfigArgs,
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
     },
 }
 
-/// Where the keys are and how they are made.
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Load the configuration as `berth serve` would and report every
+    /// problem at once; exit status 1 if there is any.
+    Check(ConfigArgs),
+    /// Print the effective configuration (TOML) with where each value
+    /// came from.
+    Show(ConfigArgs),
+    /// Print the reference of every key (the table in docs/configuration.md).
+    Reference,
+}
+
+/// Where the configuration comes from; every command that reads it has these.
 #[derive(Args, Debug, Clone)]
-pub struct KeysArgs {
-    /// Directory holding all state; keys are in `<data-dir>/identity/keys`.
-    #[arg(long, env = "BERTH_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Algorithm of new keys.
-    #[arg(long, env = "BERTH_TOKEN_ALGORITHM", value_enum, default_value_t = SigningAlgorithm::Rs256)]
-    pub token_algorithm: SigningAlgorithm,
-    /// Seconds a new key is published before it signs.
-    #[arg(long, env = "BERTH_KEY_PUBLISH_DELAY", default_value_t = 60)]
-    pub key_publish_delay: u64,
-    /// Lifetime of issued tokens, in seconds (keys outlive their tokens).
-    #[arg(long, env = "BERTH_TOKEN_LIFETIME", default_value_t = 300)]
-    pub token_lifetime: u64,
+pub struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding all state (`data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Set any key, e.g. `--set registry.auth=none` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SigningAlgorithm {
-    Rs256,
-    Es256,
+pub enum OnOff {
+    On,
+    Off,
 }
 
-/// `berth identity serve`.
+impl OnOff {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnOff::On => "on",
+            OnOff::Off => "off",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthFlag {
+    /// Bearer tokens from the token service.
+    Token,
+    /// No authentication: anyone who can connect may push, pull and delete.
+    None,
+}
+
+/// `berth serve`
 #[derive(Args, Debug)]
-pub struct IdentityServe {
+pub struct ServeArgs {
     #[command(flatten)]
-    pub keys: KeysArgs,
-    /// Address to listen on; port 0 picks a free port (the log says which).
-    #[arg(long, env = "BERTH_IDENTITY_LISTEN", default_value = "0.0.0.0:9002")]
-    pub listen: SocketAddr,
-    /// TLS mode.
-    #[arg(long, env = "BERTH_TLS", value_enum)]
-    pub tls: TlsMode,
-    /// The tokens' issuer (`iss`); the registry must expect the same.
-    #[arg(
-        long,
-        env = "BERTH_TOKEN_ISSUER",
-        default_value = "berth-token-service"
-    )]
-    pub token_issuer: String,
-    /// The registry service the tokens are for (`aud`, the `service` parameter).
-    #[arg(long, env = "BERTH_TOKEN_SERVICE", default_value = "berth-registry")]
-    pub token_service: String,
-    /// Keystone v3 URL, e.g. `http://keystone:5000/v3`. Falls back to `OS_AUTH_URL`.
-    #[arg(long, env = "BERTH_KEYSTONE_URL")]
+    pub config: ConfigArgs,
+    /// HTTPS (`on`, the default) or plain HTTP (`off`) for both services (`tls.mode`).
+    #[arg(long, value_enum)]
+    pub tls: Option<OnOff>,
+    /// Certificate chain to serve instead of the generated one (`tls.cert_file`).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (`tls.key_file`).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Address of the registry (`registry.listen`, default 0.0.0.0:9001).
+    #[arg(long)]
+    pub registry_listen: Option<SocketAddr>,
+    /// Address of the token service (`identity.listen`, default 0.0.0.0:9002).
+    #[arg(long)]
+    pub identity_listen: Option<SocketAddr>,
+    /// Keystone v3 URL (`keystone.url`); without it, the local users file.
+    #[arg(long)]
     pub keystone_url: Option<String>,
-    /// berth's own Keystone service account (needs `reader` on the system).
-    #[arg(long, env = "BERTH_KEYSTONE_USERNAME")]
-    pub keystone_username: String,
-    /// File holding the service account's password (or set `BERTH_KEYSTONE_PASSWORD`).
-    #[arg(long, env = "BERTH_KEYSTONE_PASSWORD_FILE")]
-    pub keystone_password_file: Option<PathBuf>,
-    /// Domain id of the service account.
-    #[arg(
-        long,
-        env = "BERTH_KEYSTONE_SERVICE_DOMAIN_ID",
-        default_value = "default"
-    )]
-    pub keystone_service_domain_id: String,
-    /// Domain id of users who log in without `@domain`.
-    #[arg(long, env = "BERTH_KEYSTONE_USER_DOMAIN_ID", default_value = "default")]
-    pub keystone_user_domain_id: String,
-    /// Project whose `admin` role makes a registry administrator.
-    #[arg(long, env = "BERTH_KEYSTONE_ADMIN_PROJECT", default_value = "admin")]
-    pub keystone_admin_project: String,
-    /// Domain id of the admin project.
-    #[arg(
-        long,
-        env = "BERTH_KEYSTONE_ADMIN_PROJECT_DOMAIN_ID",
-        default_value = "default"
-    )]
-    pub keystone_admin_project_domain_id: String,
-    /// Seconds a successful Keystone check is cached (keyed hash only).
-    #[arg(long, env = "BERTH_AUTH_CACHE_TTL", default_value_t = 60)]
-    pub auth_cache_ttl: u64,
-    /// Seconds the Keystone project directory (names, tags) is reused.
-    #[arg(long, env = "BERTH_KEYSTONE_PROJECTS_TTL", default_value_t = 30)]
-    pub keystone_projects_ttl: u64,
-    /// Seconds a user's Keystone role assignments are reused by their next
-    /// password logins (the password itself is checked every time).
-    #[arg(long, env = "BERTH_KEYSTONE_ROLES_TTL", default_value_t = 30)]
-    pub keystone_roles_ttl: u64,
-    /// Seconds a Keystone request may take before berth answers 503.
-    #[arg(long, env = "BERTH_KEYSTONE_TIMEOUT", default_value_t = 5)]
-    pub keystone_timeout: u64,
-    /// More registry administrators, by user name (comma-separated).
-    #[arg(long, env = "BERTH_ADMIN_USERS", value_delimiter = ',')]
-    pub admin_users: Vec<String>,
-    /// Roles on the admin project that make a registry administrator.
-    #[arg(
-        long,
-        env = "BERTH_ADMIN_ROLES",
-        value_delimiter = ',',
-        default_value = "admin"
-    )]
-    pub admin_roles: Vec<String>,
-    /// Let anonymous clients pull projects tagged `registry-public`.
-    #[arg(long, env = "BERTH_ANONYMOUS_PULL_PUBLIC", default_value_t = false)]
-    pub anonymous_pull_public: bool,
-    /// Audit log file (JSON lines); without it, the log gets the records.
-    #[arg(long, env = "BERTH_AUDIT_LOG")]
-    pub audit_log: Option<PathBuf>,
-    /// Lifetime of refresh tokens, in seconds.
-    #[arg(long, env = "BERTH_REFRESH_TOKEN_LIFETIME", default_value_t = 7 * 24 * 3600)]
-    pub refresh_token_lifetime: u64,
-    /// Failed logins per account within the window before 429.
-    #[arg(long, env = "BERTH_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
-    pub login_failures_per_account: u32,
-    /// Failed logins per client address within the window before 429.
-    #[arg(long, env = "BERTH_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20)]
-    pub login_failures_per_address: u32,
-    /// The rate-limiting window, in seconds.
-    #[arg(long, env = "BERTH_LOGIN_FAILURE_WINDOW", default_value_t = 60)]
-    pub login_failure_window: u64,
 }
 
-#[derive(Subcommand, Debug)]
-enum RegistryCommand {
-    /// Serve the registry API.
-    Serve(RegistryServe),
+/// `berth registry serve`
+#[derive(Args, Debug)]
+pub struct RegistryServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// `tls.mode`
+    #[arg(long, value_enum)]
+    pub tls: Option<OnOff>,
+    /// `registry.listen`
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// `registry.auth`
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthFlag>,
+    /// `token.realm`: the token endpoint clients are sent to.
+    #[arg(long)]
+    pub token_realm: Option<String>,
+    /// `token.jwks_url`: the token service's key set.
+    #[arg(long)]
+    pub token_jwks_url: Option<String>,
+    /// `token.jwks_file`: a file holding the key set.
+    #[arg(long)]
+    pub token_jwks_file: Option<PathBuf>,
+    /// `token.service`: this registry's name, the tokens' `aud`.
+    #[arg(long)]
+    pub token_service: Option<String>,
+    /// `token.issuer`: the trusted `iss`.
+    #[arg(long)]
+    pub token_issuer: Option<String>,
+}
+
+/// `berth identity serve`
+#[derive(Args, Debug)]
+pub struct IdentityServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// `tls.mode`
+    #[arg(long, value_enum)]
+    pub tls: Option<OnOff>,
+    /// `identity.listen`
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// `keystone.url`
+    #[arg(long)]
+    pub keystone_url: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The file, the environment, `--data-dir` and `--set`.
+    pub fn sources(&self) -> Sources {
+        let mut s = Sources::from_process(self.config.clone());
+        if let Some(d) = &self.data_dir {
+            s.flag("data_dir", "--data-dir", d.to_string_lossy());
+        }
+        for kv in &self.set {
+            match kv.split_once('=') {
+                Some((k, v)) => s.flag(k.trim(), &format!("--set {}", k.trim()), v),
+                None => s.flag("", &format!("--set {kv} (expected KEY=VALUE)"), ""),
+            }
+        }
+        s
+    }
+
+    /// Loads and checks the configuration, logging its warnings.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        load_logged(&self.sources())
+    }
+}
+
+fn load_logged(sources: &Sources) -> anyhow::Result<Loaded> {
+    let loaded = config::load(sources)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded)
+}
+
+fn opt<T: ToString>(s: &mut Sources, key: &str, flag: &str, v: &Option<T>) {
+    if let Some(v) = v {
+        s.flag(key, flag, v.to_string());
+    }
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let mut s = self.config.sources();
+        opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        opt(&mut s, "tls.cert_file", "--tls-cert", &path(&self.tls_cert));
+        opt(&mut s, "tls.key_file", "--tls-key", &path(&self.tls_key));
+        opt(
+            &mut s,
+            "registry.listen",
+            "--registry-listen",
+            &self.registry_listen,
+        );
+        opt(
+            &mut s,
+            "identity.listen",
+            "--identity-listen",
+            &self.identity_listen,
+        );
+        opt(&mut s, "keystone.url", "--keystone-url", &self.keystone_url);
+        load_logged(&s)
+    }
+}
+
+impl RegistryServeArgs {
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let mut s = self.config.sources();
+        opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
+        opt(&mut s, "registry.listen", "--listen", &self.listen);
+        let auth = self.auth.map(|a| match a {
+            AuthFlag::Token => "token",
+            AuthFlag::None => "none",
+        });
+        opt(&mut s, "registry.auth", "--auth", &auth);
+        opt(&mut s, "token.realm", "--token-realm", &self.token_realm);
+        opt(
+            &mut s,
+            "token.jwks_url",
+            "--token-jwks-url",
+            &self.token_jwks_url,
+        );
+        let file = self
+            .token_jwks_file
+            .as_ref()
+            .map(|p| p.display().to_string());
+        opt(&mut s, "token.jwks_file", "--token-jwks-file", &file);
+        opt(
+            &mut s,
+            "token.service",
+            "--token-service",
+            &self.token_service,
+        );
+        opt(&mut s, "token.issuer", "--token-issuer", &self.token_issuer);
+        load_logged(&s)
+    }
+}
+
+impl IdentityServeArgs {
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let mut s = self.config.sources();
+        opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
+        opt(&mut s, "identity.listen", "--listen", &self.listen);
+        opt(&mut s, "keystone.url", "--keystone-url", &self.keystone_url);
+        load_logged(&s)
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => crate::serve::all(args.load()?.config).await,
+            Command::Registry {
+                command: RegistryCommand::Serve(args),
+            } => crate::serve::registry_alone(args.load()?.config).await,
+            Command::Identity {
+                command: IdentityCommand::Serve(args),
+            } => crate::identity::serve_alone(args.load()?.config).await,
+            Command::Keys {
+                command: KeysCommand::Rotate(args),
+            } => crate::identity::rotate(&args.load()?.config),
+            Command::Keys {
+                command: KeysCommand::ExportBundle { config, out },
+            } => crate::identity::export_bundle(&config.load()?.config, out.as_deref()),
+            Command::Config { command } => config_command(command),
+            Command::Users { command } => crate::users::run(command),
+        }
+    }
+}
+
+fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Check(args) => match config::load(&args.sources()) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "configuration OK ({})",
+                    args.config
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "no file: defaults and environment".into())
+                );
+                Ok(())
+            }
+            Err(problems) => {
+                print!("{problems}");
+                Err(anyhow::anyhow!(
+                    "the configuration has {} problem(s)",
+                    problems.0.len()
+                ))
+            }
+        },
+        ConfigCommand::Show(args) => {
+            let loaded = config::load(&args.sources())?;
+            for (section, _) in config::SECTIONS {
+                let keys = config::KEYS.iter().filter(|k| k.section == *section);
+                if !section.is_empty() {
+                    println!("\n[{section}]");
+                }
+                for key in keys {
+                    let path = key.path();
+                    let value = match path.split_once('.') {
+                        Some((s, k)) => loaded.table.get(s).and_then(|t| t.get(k)),
+                        None => loaded.table.get(&path),
+                    };
+                    let origin = loaded
+                        .origins
+                        .get(&path)
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "unset".into());
+                    match value {
+                        Some(v) => println!("{} = {v}  # {origin}", key.name),
+                        None => println!("# {} unset", key.name),
+                    }
+                }
+            }
+            Ok(())
+        }
+        ConfigCommand::Reference => {
+            print!("{}", config::reference_markdown());
+            Ok(())
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// How clients are authenticated.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AuthMode {
-    /// No authentication: anyone who can connect may push, pull and delete.
-    None,
-    /// Bearer tokens from the token service (Docker token authentication),
-    /// verified against its JWKS.
-    Token,
-}
-
-/// Transport security. HTTPS arrives with the all-in-one `berth serve`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TlsMode {
-    /// Plain HTTP.
-    Off,
-}
-
-#[derive(Args, Debug)]
-pub struct RegistryServe {
-    /// Directory holding all registry state (blobs, repositories, uploads).
-    #[arg(long, env = "BERTH_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Address to listen on; port 0 picks a free port (the log says which).
-    #[arg(long, env = "BERTH_REGISTRY_LISTEN", default_value = "0.0.0.0:9001")]
-    pub listen: SocketAddr,
-    /// Authentication mode.
-    #[arg(long, env = "BERTH_REGISTRY_AUTH", value_enum)]
-    pub auth: AuthMode,
-    /// TLS mode.
-    #[arg(long, env = "BERTH_TLS", value_enum)]
-    pub tls: TlsMode,
-    /// Largest manifest accepted, in bytes.
-    #[arg(long, env = "BERTH_MAX_MANIFEST_SIZE", default_value_t = 4 << 20)]
-    pub max_manifest_size: usize,
-    /// Upload sessions idle for this many seconds are removed.
-    #[arg(long, env = "BERTH_UPLOAD_MAX_AGE", default_value_t = 24 * 3600)]
-    pub upload_max_age: u64,
-    /// `--auth token`: the token endpoint clients are sent to (the
-    /// challenge's `realm`), e.g. `https://registry.example/token`.
-    #[arg(long, env = "BERTH_TOKEN_REALM", required_if_eq("auth", "token"))]
-    pub token_realm: Option<String>,
-    /// `--auth token`: this registry's service name (the tokens' `aud`).
-    #[arg(long, env = "BERTH_TOKEN_SERVICE", default_value = "berth-registry")]
-    pub token_service: String,
-    /// `--auth token`: the trusted token issuer (`iss`).
-    #[arg(
-        long,
-        env = "BERTH_TOKEN_ISSUER",
-        default_value = "berth-token-service"
-    )]
-    pub token_issuer: String,
-    /// `--auth token`: URL of the token service's JWKS, fetched at start
-    /// and again when a token names an unknown key.
-    #[arg(long, env = "BERTH_TOKEN_JWKS_URL", conflicts_with = "token_jwks_file")]
-    pub token_jwks_url: Option<String>,
-    /// `--auth token`: a file holding the JWKS (instead of a URL), read
-    /// at start and again when a token names an unknown key.
-    #[arg(long, env = "BERTH_TOKEN_JWKS_FILE")]
-    pub token_jwks_file: Option<PathBuf>,
-}
-
-impl Cli {
-    pub async fn run(self) -> anyhow::Result<()> {
-        match self.command {
-            Command::Registry {
-                command: RegistryCommand::Serve(args),
-            } => crate::serve::registry(args).await,
-            Command::Identity {
-                command: IdentityCommand::Serve(args),
-            } => crate::identity::serve(*args).await,
-            Command::Keys {
-                command: KeysCommand::Rotate(args),
-            } => crate::identity::rotate(&args),
-            Command::Keys {
-                command: KeysCommand::ExportBundle { keys, out },
-            } => crate::identity::export_bundle(&keys, out.as_deref()),
-        }
-    }
 }
 
 pub fn init_tracing(format: LogFormat) {

@@ -1,42 +1,47 @@
-//! Wiring of the token service: `berth identity serve` and the `berth keys`
-//! commands. The logic lives in `berth-identity`.
+//! Wiring of the token service: building it from the configuration (with
+//! Keystone or the local users file behind it), `berth identity serve`, and
+//! the `berth keys` commands. The logic lives in `berth-identity`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::os::unix::fs::DirBuilderExt;
+
 use anyhow::Context;
+use berth_identity::backend::Backend;
+use berth_identity::http::TokenService;
 use berth_identity::keys::{Algorithm, KeyOptions, KeyStore};
 
-use crate::cli::{KeysArgs, SigningAlgorithm};
+use crate::config::{self, Config};
 
 /// `<data-dir>/identity/keys`
 pub fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("identity").join("keys")
 }
 
-pub fn key_options(args: &KeysArgs) -> KeyOptions {
+pub fn key_options(cfg: &Config) -> KeyOptions {
     KeyOptions {
-        algorithm: match args.token_algorithm {
-            SigningAlgorithm::Rs256 => Algorithm::Rs256,
-            SigningAlgorithm::Es256 => Algorithm::Es256,
+        algorithm: match cfg.token.algorithm {
+            config::Algorithm::RS256 => Algorithm::Rs256,
+            config::Algorithm::ES256 => Algorithm::Es256,
         },
-        publish_delay: Duration::from_secs(args.key_publish_delay),
-        token_lifetime: Duration::from_secs(args.token_lifetime),
+        publish_delay: Duration::from_secs(cfg.token.key_publish_delay),
+        token_lifetime: Duration::from_secs(cfg.token.lifetime),
         ..KeyOptions::default()
     }
 }
 
-pub fn open_keys(args: &KeysArgs) -> anyhow::Result<Arc<KeyStore>> {
-    let dir = keys_dir(&args.data_dir);
-    let keys = KeyStore::open(&dir, key_options(args))
+pub fn open_keys(cfg: &Config) -> anyhow::Result<Arc<KeyStore>> {
+    let dir = keys_dir(&cfg.data_dir);
+    let keys = KeyStore::open(&dir, key_options(cfg))
         .with_context(|| format!("cannot open the signing keys in {}", dir.display()))?;
     Ok(Arc::new(keys))
 }
 
 /// `berth keys rotate`
-pub fn rotate(args: &KeysArgs) -> anyhow::Result<()> {
-    let keys = open_keys(args)?;
+pub fn rotate(cfg: &Config) -> anyhow::Result<()> {
+    let keys = open_keys(cfg)?;
     let rotation = keys.rotate(SystemTime::now())?;
     let activates = rotation
         .activates
@@ -54,8 +59,8 @@ pub fn rotate(args: &KeysArgs) -> anyhow::Result<()> {
 }
 
 /// `berth keys export-bundle`
-pub fn export_bundle(args: &KeysArgs, out: Option<&Path>) -> anyhow::Result<()> {
-    let bundle = open_keys(args)?.export_bundle();
+pub fn export_bundle(cfg: &Config, out: Option<&Path>) -> anyhow::Result<()> {
+    let bundle = open_keys(cfg)?.export_bundle();
     match out {
         Some(path) => std::fs::write(path, bundle)
             .with_context(|| format!("cannot write {}", path.display()))?,
@@ -64,100 +69,160 @@ pub fn export_bundle(args: &KeysArgs, out: Option<&Path>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `berth identity serve`
-pub async fn serve(args: crate::cli::IdentityServe) -> anyhow::Result<()> {
+/// The token service of `cfg` and its signing keys (which the all-in-one
+/// registry trusts directly).
+pub async fn token_service(cfg: &Config) -> anyhow::Result<(Arc<TokenService>, Arc<KeyStore>)> {
     use berth_identity::audit::AuditLog;
-    use berth_identity::authn::keystone::{KeystoneAuthenticator, KeystoneConfig};
-    use berth_identity::http::{TokenService, router};
     use berth_identity::policy::PolicyConfig;
     use berth_identity::ratelimit::{RateLimitConfig, RateLimiter};
     use berth_identity::refresh::RefreshStore;
     use berth_identity::token::TokenIssuer;
 
-    let crate::cli::TlsMode::Off = args.tls;
-    let url = args
-        .keystone_url
-        .clone()
-        .or_else(|| std::env::var("OS_AUTH_URL").ok())
-        .context("no Keystone configured: set BERTH_KEYSTONE_URL (or OS_AUTH_URL)")?;
-    let password = match (
-        &args.keystone_password_file,
-        std::env::var("BERTH_KEYSTONE_PASSWORD"),
-    ) {
-        (Some(file), _) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
-        (None, Ok(p)) => p,
-        (None, Err(_)) => anyhow::bail!(
-            "no password for the Keystone service account: set BERTH_KEYSTONE_PASSWORD or BERTH_KEYSTONE_PASSWORD_FILE"
-        ),
-    };
-    let keystone = KeystoneAuthenticator::new(KeystoneConfig {
-        url,
-        user_domain_id: args.keystone_user_domain_id.clone(),
-        service_username: args.keystone_username.clone(),
-        service_password: password,
-        service_domain_id: args.keystone_service_domain_id.clone(),
-        admin_project: args.keystone_admin_project.clone(),
-        admin_project_domain_id: args.keystone_admin_project_domain_id.clone(),
-        admin_roles: args.admin_roles.clone(),
-        admin_users: args.admin_users.clone(),
-        timeout: Duration::from_secs(args.keystone_timeout),
-        cache_ttl: Duration::from_secs(args.auth_cache_ttl),
-        projects_ttl: Duration::from_secs(args.keystone_projects_ttl),
-        roles_ttl: Duration::from_secs(args.keystone_roles_ttl),
-        ..KeystoneConfig::default()
-    })?;
-
-    let keys = open_keys(&args.keys)?;
+    let backend = backend(cfg).await?;
+    let keys = open_keys(cfg)?;
     let issuer = TokenIssuer::new(
-        keys,
-        args.token_issuer.clone(),
-        args.token_service.clone(),
-        Duration::from_secs(args.keys.token_lifetime),
+        keys.clone(),
+        cfg.token.issuer.clone(),
+        cfg.token.service.clone(),
+        Duration::from_secs(cfg.token.lifetime),
     );
-    let refresh_dir = args.keys.data_dir.join("identity").join("refresh");
+    let refresh_dir = cfg.data_dir.join("identity").join("refresh");
     let refresh = RefreshStore::open(
         &refresh_dir,
-        Duration::from_secs(args.refresh_token_lifetime),
+        Duration::from_secs(cfg.identity.refresh_token_lifetime),
     )
     .with_context(|| format!("cannot open {}", refresh_dir.display()))?;
-    let audit = match &args.audit_log {
+    let audit = match &cfg.identity.audit_log {
         Some(path) => AuditLog::open(path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?,
         None => AuditLog::tracing(),
     };
     let service = Arc::new(TokenService {
-        backend: Arc::new(keystone),
+        backend,
         issuer: Arc::new(issuer),
         refresh,
         limiter: RateLimiter::new(RateLimitConfig {
-            max_failures_per_account: args.login_failures_per_account,
-            max_failures_per_ip: args.login_failures_per_address,
-            window_secs: args.login_failure_window,
+            max_failures_per_account: cfg.identity.login_failures_per_account,
+            max_failures_per_ip: cfg.identity.login_failures_per_address,
+            window_secs: cfg.identity.login_failure_window,
             ..RateLimitConfig::default()
         }),
         audit,
         policy: PolicyConfig {
-            admin_users: args.admin_users.clone(),
+            admin_users: cfg.identity.admin_users.clone(),
             admin_roles: Vec::new(),
-            anonymous_pull_public: args.anonymous_pull_public,
+            anonymous_pull_public: cfg.identity.anonymous_pull_public,
         },
-        service: args.token_service.clone(),
+        service: cfg.token.service.clone(),
     });
+    Ok((service, keys))
+}
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+/// Keystone when configured, else the local users file (created with an
+/// `admin` account on first start).
+async fn backend(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    match cfg.identity_backend() {
+        config::Backend::Keystone => keystone(cfg),
+        _ => local(cfg).await,
+    }
+}
+
+fn keystone(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    use berth_identity::authn::keystone::{KeystoneAuthenticator, KeystoneConfig};
+    let k = &cfg.keystone;
+    let url = k
+        .url
+        .clone()
+        .context("no Keystone configured: set keystone.url (BERTH_KEYSTONE_URL) or OS_AUTH_URL")?;
+    let username = k
+        .username
+        .clone()
+        .context("keystone.username (BERTH_KEYSTONE_USERNAME) is not set")?;
+    let password = match &k.password_file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        None => std::env::var("BERTH_KEYSTONE_PASSWORD")
+            .or_else(|_| std::env::var("OS_PASSWORD"))
+            .context(
+                "no password for the Keystone service account: set BERTH_KEYSTONE_PASSWORD or keystone.password_file",
+            )?,
+    };
+    let keystone = KeystoneAuthenticator::new(KeystoneConfig {
+        url: url.clone(),
+        user_domain_id: k.user_domain_id.clone(),
+        service_username: username,
+        service_password: password,
+        service_domain_id: k.service_domain_id.clone(),
+        admin_project: k.admin_project.clone(),
+        admin_project_domain_id: k.admin_project_domain_id.clone(),
+        admin_roles: k.admin_roles.clone(),
+        admin_users: cfg.identity.admin_users.clone(),
+        ca_file: k.ca_file.clone(),
+        timeout: Duration::from_secs(k.timeout),
+        cache_ttl: Duration::from_secs(k.cache_ttl),
+        projects_ttl: Duration::from_secs(k.projects_ttl),
+        roles_ttl: Duration::from_secs(k.roles_ttl),
+        ..KeystoneConfig::default()
+    })?;
+    tracing::info!(url = %url, "identity backend: Keystone");
+    Ok(Arc::new(keystone))
+}
+
+async fn local(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    use berth_identity::authn::local::{self, LocalOptions, LocalUsers};
+    let users_file = cfg.users_file();
+    let password_file = cfg.admin_password_file();
+    let options = LocalOptions {
+        cache_ttl: Duration::from_secs(cfg.local.cache_ttl),
+        ..LocalOptions::default()
+    };
+    let cost = options.bcrypt_cost;
+    for dir in [users_file.parent(), password_file.parent()]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (users, pw) = (users_file.clone(), password_file.clone());
+    let created = tokio::task::spawn_blocking(move || local::ensure_admin(&users, &pw, cost))
+        .await?
+        .with_context(|| format!("cannot create the users file {}", users_file.display()))?;
+    if created.is_some() {
+        tracing::warn!(
+            users_file = %users_file.display(),
+            password_file = %password_file.display(),
+            "created the local user `admin`; its password is in the password file (readable by this account only)"
+        );
+    }
+    let users = LocalUsers::open(&users_file, options)
+        .with_context(|| format!("cannot read the users file {}", users_file.display()))?;
+    tracing::info!(users_file = %users_file.display(), "identity backend: local users file");
+    Ok(Arc::new(users))
+}
+
+/// `berth identity serve`
+pub async fn serve_alone(cfg: Config) -> anyhow::Result<()> {
+    let tls = crate::serve::tls_setup(&cfg)?;
+    let (service, _keys) = token_service(&cfg).await?;
+    let listener = crate::serve::bind(cfg.identity.listen).await?;
     let addr = listener.local_addr()?;
-    tracing::warn!(%addr, "TLS is off (--tls off): passwords cross the network in clear text");
-    tracing::info!(%addr, service = %args.token_service, issuer = %args.token_issuer, "token service listening");
-    axum::serve(
+    if let Some(tls) = &tls {
+        tls.announce(&cfg, &[addr.port()]);
+    }
+    tracing::info!(%addr, service = %cfg.token.service, issuer = %cfg.token.issuer, "token service listening");
+    let shutdown = crate::serve::Shutdown::on_signals();
+    crate::serve::serve_router(
         listener,
-        router(service).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        tls.map(|t| t.server),
+        berth_identity::http::router(service),
+        shutdown.wait(),
     )
-    .with_graceful_shutdown(crate::serve::shutdown_signal())
     .await?;
     tracing::info!("token service stopped");
     Ok(())

@@ -5,9 +5,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod cli;
+mod config;
 mod identity;
 mod serve;
 mod tls;
+mod users;
 
 use clap::Parser;
 

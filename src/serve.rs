@@ -1,87 +1,199 @@
-//! Runs the services: binds sockets, opens the store, starts background
-//! housekeeping and shuts down cleanly on SIGTERM or SIGINT.
+//! Runs the services: binds sockets, sets up TLS, opens the store, starts
+//! background housekeeping and shuts down cleanly on SIGTERM or SIGINT.
+//! `berth serve` runs the registry and the token service in one process;
+//! `berth registry serve` runs the registry alone.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
+use berth_identity::keys::KeyStore;
 use berth_registry::auth::{KeySet, Verifier};
 use berth_registry::storage::FsStore;
-use berth_registry::{KeyRefetch, Registry, RegistryConfig, TokenAuth};
+use berth_registry::{KeyRefetch, Realm, Registry, RegistryConfig, TokenAuth};
 use tokio::net::TcpListener;
 
-use crate::cli::{AuthMode, RegistryServe, TlsMode};
+use crate::config::{AuthMode, Config, TlsMode};
+use crate::tls;
 
-pub async fn registry(args: RegistryServe) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.clone();
+/// `berth serve`: the registry and the token service, one process.
+pub async fn all(cfg: Config) -> anyhow::Result<()> {
+    let tls = tls_setup(&cfg)?;
+    let (service, keys) = crate::identity::token_service(&cfg).await?;
+    let registry = open_registry(&cfg).await?;
+    let registry_listener = bind(cfg.registry.listen).await?;
+    let identity_listener = bind(cfg.identity.listen).await?;
+    let registry_addr = registry_listener.local_addr()?;
+    let identity_addr = identity_listener.local_addr()?;
+
+    let auth = match cfg.registry.auth {
+        AuthMode::None => None,
+        AuthMode::Token => Some(in_process_auth(&cfg, keys, identity_addr.port())?),
+    };
+    announce_auth(&cfg, registry_addr, auth.as_deref());
+    if let Some(tls) = &tls {
+        tls.announce(&cfg, &[registry_addr.port(), identity_addr.port()]);
+    }
+    tracing::info!(addr = %identity_addr, service = %cfg.token.service, issuer = %cfg.token.issuer, "token service listening");
+    tracing::info!(addr = %registry_addr, data_dir = %cfg.data_dir.display(), "registry listening");
+
+    tokio::spawn(janitor(registry.clone()));
+    let shutdown = Shutdown::on_signals();
+    let server = tls.map(|t| t.server);
+    tokio::try_join!(
+        serve_router(
+            registry_listener,
+            server.clone(),
+            berth_registry::router_with_auth(registry, auth),
+            shutdown.wait(),
+        ),
+        serve_router(
+            identity_listener,
+            server,
+            berth_identity::http::router(service),
+            shutdown.wait(),
+        ),
+    )?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `berth registry serve`: the registry alone; with `registry.auth =
+/// "token"` it trusts the key set at `token.jwks_url` or `token.jwks_file`.
+pub async fn registry_alone(cfg: Config) -> anyhow::Result<()> {
+    let tls = tls_setup(&cfg)?;
+    let registry = open_registry(&cfg).await?;
+    let auth = match cfg.registry.auth {
+        AuthMode::None => None,
+        AuthMode::Token => Some(remote_auth(&cfg).await?),
+    };
+    let listener = bind(cfg.registry.listen).await?;
+    let addr = listener.local_addr()?;
+    announce_auth(&cfg, addr, auth.as_deref());
+    if let Some(tls) = &tls {
+        tls.announce(&cfg, &[addr.port()]);
+    }
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "registry listening");
+
+    tokio::spawn(janitor(registry.clone()));
+    let shutdown = Shutdown::on_signals();
+    serve_router(
+        listener,
+        tls.map(|t| t.server),
+        berth_registry::router_with_auth(registry, auth),
+        shutdown.wait(),
+    )
+    .await?;
+    tracing::info!("registry stopped");
+    Ok(())
+}
+
+async fn open_registry(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
+    let data_dir = cfg.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || FsStore::open(data_dir))
         .await?
-        .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
+        .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))?;
     let config = RegistryConfig {
-        max_manifest_size: args.max_manifest_size,
-        upload_max_age: Duration::from_secs(args.upload_max_age),
+        max_manifest_size: cfg.registry.max_manifest_size,
+        upload_max_age: Duration::from_secs(cfg.registry.upload_max_age),
     };
-    let registry = Arc::new(Registry::new(Arc::new(store), config));
-    let auth = match args.auth {
-        AuthMode::None => None,
-        AuthMode::Token => Some(token_auth(&args).await?),
-    };
+    Ok(Arc::new(Registry::new(Arc::new(store), config)))
+}
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    match args.auth {
-        AuthMode::None => tracing::warn!(
+fn announce_auth(cfg: &Config, addr: SocketAddr, auth: Option<&TokenAuth>) {
+    match auth {
+        None => tracing::warn!(
             %addr,
-            "AUTHENTICATION IS DISABLED (--auth none): anyone who can reach this address can push, pull and delete"
+            "AUTHENTICATION IS DISABLED (registry.auth = none): anyone who can reach this address can push, pull and delete"
         ),
-        AuthMode::Token => tracing::info!(
+        Some(auth) => tracing::info!(
             %addr,
-            realm = args.token_realm.as_deref().unwrap_or(""),
-            service = %args.token_service,
-            issuer = %args.token_issuer,
+            realm = ?auth.realm(),
+            service = %cfg.token.service,
+            issuer = %cfg.token.issuer,
             "token authentication enabled"
         ),
     }
-    match args.tls {
-        TlsMode::Off => tracing::warn!(%addr, "TLS is off (--tls off): traffic is plain HTTP"),
-    }
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "registry listening");
+}
 
-    tokio::spawn(janitor(registry.clone()));
-    axum::serve(listener, berth_registry::router_with_auth(registry, auth))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("registry stopped");
-    Ok(())
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Where challenges send clients: `token.realm`, or the host the client
+/// used on the token service's port.
+fn realm(cfg: &Config, identity_port: u16) -> Realm {
+    match &cfg.token.realm {
+        Some(url) => Realm::Fixed(url.clone()),
+        None => Realm::SameHost {
+            scheme: match cfg.tls.mode {
+                TlsMode::On => "https",
+                TlsMode::Off => "http",
+            },
+            port: identity_port,
+            fallback: cfg
+                .tls
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| tls::hostname().unwrap_or_else(|| "localhost".into())),
+        },
+    }
+}
+
+/// The all-in-one registry trusts the token service's keys directly.
+fn in_process_auth(
+    cfg: &Config,
+    keys: Arc<KeyStore>,
+    identity_port: u16,
+) -> anyhow::Result<Arc<TokenAuth>> {
+    let set = KeySet::from_jwks(&keys.jwks()).context("unusable signing keys")?;
+    let verifier = Verifier::new(set, cfg.token.issuer.clone(), cfg.token.service.clone());
+    // Keys rotated by `berth keys rotate` are read from the data directory.
+    let refetch: KeyRefetch = Arc::new(move || {
+        let keys = keys.clone();
+        Box::pin(async move {
+            if let Err(e) = keys.reload() {
+                tracing::warn!(error = %e, "cannot reload the signing keys");
+            }
+            KeySet::from_jwks(&keys.jwks()).ok()
+        })
+    });
+    Ok(Arc::new(
+        TokenAuth::new(
+            verifier,
+            realm(cfg, identity_port),
+            cfg.token.service.clone(),
+        )
+        .with_refetch(refetch),
+    ))
 }
 
 /// Where the token service's key set comes from.
 #[derive(Clone, Debug)]
 enum JwksSource {
-    Url(String),
+    Url(String, reqwest::Client),
     File(PathBuf),
 }
 
 impl JwksSource {
     async fn load(&self) -> anyhow::Result<KeySet> {
         let jwks: serde_json::Value = match self {
-            JwksSource::Url(url) => {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()?;
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .and_then(reqwest::Response::error_for_status)
-                    .with_context(|| format!("cannot fetch the JWKS from {url}"))?
-                    .json()
-                    .await
-                    .with_context(|| format!("the JWKS at {url} is not JSON"))?
-            }
+            JwksSource::Url(url, client) => client
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot fetch the JWKS from {url}"))?
+                .json()
+                .await
+                .with_context(|| format!("the JWKS at {url} is not JSON"))?,
             JwksSource::File(path) => {
                 let text = tokio::fs::read(path)
                     .await
@@ -97,30 +209,41 @@ impl JwksSource {
 impl std::fmt::Display for JwksSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            JwksSource::Url(url) => f.write_str(url),
+            JwksSource::Url(url, _) => f.write_str(url),
             JwksSource::File(path) => write!(f, "{}", path.display()),
         }
     }
 }
 
-/// `--auth token`: the verifier over the JWKS (fetched now; refetched when
-/// a token names an unknown key), the realm and the service.
-async fn token_auth(args: &RegistryServe) -> anyhow::Result<Arc<TokenAuth>> {
-    let realm = args
-        .token_realm
-        .clone()
-        .context("--auth token needs --token-realm (BERTH_TOKEN_REALM)")?;
-    let source = match (&args.token_jwks_url, &args.token_jwks_file) {
-        (Some(url), None) => JwksSource::Url(url.clone()),
+/// A client for the JWKS URL: the system's roots, plus berth's own CA
+/// when the data directory has one (a token service with the generated
+/// certificate).
+fn jwks_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    let ca = cfg.data_dir.join("tls").join("ca.crt");
+    if let Ok(pem) = std::fs::read(&ca) {
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("cannot use {}", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
+
+/// `berth registry serve` with tokens: the verifier over the JWKS (read
+/// now; again when a token names an unknown key).
+async fn remote_auth(cfg: &Config) -> anyhow::Result<Arc<TokenAuth>> {
+    let source = match (&cfg.token.jwks_url, &cfg.token.jwks_file) {
+        (Some(url), None) => JwksSource::Url(url.clone(), jwks_client(cfg)?),
         (None, Some(path)) => JwksSource::File(path.clone()),
         _ => anyhow::bail!(
-            "--auth token needs one of --token-jwks-url (BERTH_TOKEN_JWKS_URL) \
-             or --token-jwks-file (BERTH_TOKEN_JWKS_FILE)"
+            "the registry alone with registry.auth = token needs one of token.jwks_url \
+             (--token-jwks-url, BERTH_TOKEN_JWKS_URL) or token.jwks_file (--token-jwks-file, \
+             BERTH_TOKEN_JWKS_FILE)"
         ),
     };
     let keys = source.load().await?;
     tracing::info!(source = %source, keys = keys.len(), "loaded the token key set");
-    let verifier = Verifier::new(keys, args.token_issuer.clone(), args.token_service.clone());
+    let verifier = Verifier::new(keys, cfg.token.issuer.clone(), cfg.token.service.clone());
     let refetch: KeyRefetch = Arc::new(move || {
         let source = source.clone();
         Box::pin(async move {
@@ -134,8 +257,100 @@ async fn token_auth(args: &RegistryServe) -> anyhow::Result<Arc<TokenAuth>> {
         })
     });
     Ok(Arc::new(
-        TokenAuth::new(verifier, realm, args.token_service.clone()).with_refetch(refetch),
+        TokenAuth::new(
+            verifier,
+            realm(cfg, cfg.identity.listen.port()),
+            cfg.token.service.clone(),
+        )
+        .with_refetch(refetch),
     ))
+}
+
+/// TLS as configured: the server configuration, and the CA to tell users
+/// about when berth generated it.
+pub struct TlsSetup {
+    pub server: Arc<rustls::ServerConfig>,
+    generated: Option<tls::GeneratedTls>,
+}
+
+impl TlsSetup {
+    /// Says where the CA is; on the start that created it, with the
+    /// commands that make clients trust it.
+    pub fn announce(&self, cfg: &Config, ports: &[u16]) {
+        let Some(generated) = &self.generated else {
+            return;
+        };
+        let ca = &generated.ca_cert;
+        tracing::info!(ca = %ca.display(), "serving the certificate generated by berth");
+        if generated.ca_created {
+            let host = cfg
+                .tls
+                .names
+                .first()
+                .cloned()
+                .or_else(tls::hostname)
+                .unwrap_or_else(|| "localhost".into());
+            eprintln!("{}", tls::trust_instructions(ca, &host, ports));
+        }
+    }
+}
+
+/// `tls.mode = "on"`: the configured certificate, or the generated one.
+pub fn tls_setup(cfg: &Config) -> anyhow::Result<Option<TlsSetup>> {
+    if cfg.tls.mode == TlsMode::Off {
+        tracing::warn!(
+            "TLS is off (tls.mode = off): traffic, passwords and tokens included, is plain HTTP"
+        );
+        return Ok(None);
+    }
+    let (cert, key, generated) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
+        _ => {
+            let names = tls::default_names(&cfg.tls.names);
+            let dir = cfg.data_dir.join("tls");
+            let generated = tls::ensure_self_signed(&dir, &names)
+                .with_context(|| format!("cannot set up the certificate in {}", dir.display()))?;
+            (
+                generated.cert.clone(),
+                generated.key.clone(),
+                Some(generated),
+            )
+        }
+    };
+    let server = tls::server_config(&cert, &key)?;
+    Ok(Some(TlsSetup { server, generated }))
+}
+
+/// Serves `app` on `listener`, over TLS when `tls` is given, until
+/// `shutdown` completes; in-flight requests finish first.
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, make)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            axum::serve(
+                tls::TlsListener::new(listener, config).with_connect_info(),
+                make,
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+    }
 }
 
 /// Removes stale upload sessions at start and then periodically.
@@ -152,7 +367,32 @@ async fn janitor(registry: Arc<Registry>) {
     }
 }
 
-pub async fn shutdown_signal() {
+/// One shutdown for every server of the process: the first SIGTERM or
+/// SIGINT stops them all.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    pub fn on_signals() -> Shutdown {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    /// Completes when the process is asked to stop.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the sender is gone: stop as well.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

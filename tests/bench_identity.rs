@@ -50,10 +50,10 @@ async fn token_service_benchmark() {
                 ("BERTH_KEYSTONE_URL", ks.url()),
                 ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
                 ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-                ("BERTH_AUTH_CACHE_TTL", ttl),
+                ("BERTH_KEYSTONE_CACHE_TTL", ttl),
                 ("BERTH_KEYSTONE_ROLES_TTL", roles_ttl),
                 ("BERTH_LOG", "warn"),
-                ("BERTH_AUDIT_LOG", "/dev/null"),
+                ("BERTH_IDENTITY_AUDIT_LOG", "/dev/null"),
             ],
         )
     };

@@ -34,17 +34,64 @@ fn flags_work_as_environment_variables() {
         .env("BERTH_DATA_DIR", dir.path())
         .env("BERTH_REGISTRY_LISTEN", "127.0.0.1:0")
         .env("BERTH_REGISTRY_AUTH", "none")
-        .env("BERTH_TLS", "off")
-        .env("BERTH_MAX_MANIFEST_SIZE", "not-a-number")
+        .env("BERTH_TLS_MODE", "off")
+        .env("BERTH_REGISTRY_MAX_MANIFEST_SIZE", "not-a-number")
         .output()
         .unwrap();
     // The environment was read: the bad value is reported, by its variable.
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("max-manifest-size") || err.contains("MAX_MANIFEST_SIZE"),
+        err.contains("BERTH_REGISTRY_MAX_MANIFEST_SIZE") && err.contains("not-a-number"),
         "{err}"
     );
+}
+
+/// `berth config check` reports every problem of a configuration at once,
+/// each naming its key and source, and exits 1; a good one passes.
+#[test]
+fn config_check_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("berth.toml");
+    std::fs::write(
+        &file,
+        "data_dir = \"/srv/berth\"\nlisten = \"x\"\n\n[registry]\nlisten = \"nowhere\"\nauth = \"maybe\"\n\n[tls]\ncert_file = \"/etc/c.pem\"\n\n[keystone]\nurl = \"ftp://k\"\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["config", "check", "--config"])
+            .arg(&file)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&[("BERTH_TOKEN_LIFETIME", "soon")]);
+    assert_eq!(code, Some(1), "{out}");
+    for want in [
+        "unknown key `listen`",
+        "`registry.listen`: `nowhere`",
+        "`registry.auth`: `maybe`",
+        "`keystone.url`: `ftp://k` is not an http(s) URL",
+        "BERTH_TOKEN_LIFETIME: `soon`",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(out.starts_with("5 configuration problems"), "{out}");
+
+    std::fs::write(
+        &file,
+        "[registry]\nauth = \"none\"\n[tls]\nmode = \"off\"\n",
+    )
+    .unwrap();
+    let (code, out) = check(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
 }
 
 /// `berth keys export-bundle` and `berth keys rotate` on a data directory:

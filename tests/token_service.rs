@@ -31,7 +31,7 @@ async fn setup(extra_env: &[(&str, &str)]) -> Setup {
         ("BERTH_KEYSTONE_URL", ks.url()),
         ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
         ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-        ("BERTH_AUTH_CACHE_TTL", "1"),
+        ("BERTH_KEYSTONE_CACHE_TTL", "1"),
         ("BERTH_KEYSTONE_PROJECTS_TTL", "1"),
         ("BERTH_TOKEN_SERVICE", "berth-test"),
         ("BERTH_TOKEN_ISSUER", "berth-test-issuer"),
@@ -350,7 +350,7 @@ async fn credentials_refresh_tokens_and_revocation() {
 
 #[tokio::test]
 async fn rate_limits_and_keystone_outage() {
-    let s = setup(&[("BERTH_AUTH_CACHE_TTL", "60")]).await;
+    let s = setup(&[("BERTH_KEYSTONE_CACHE_TTL", "60")]).await;
     let (carol, dave) = (s.user().await, s.user().await);
     let scope = format!("repository:{}/x:pull", carol.name);
 

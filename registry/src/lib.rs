@@ -14,6 +14,6 @@ pub mod name;
 pub mod service;
 pub mod storage;
 
-pub use api::token::{KeyRefetch, TokenAuth};
+pub use api::token::{KeyRefetch, Realm, TokenAuth};
 pub use api::{router, router_with_auth};
 pub use service::{Registry, RegistryConfig};

@@ -191,8 +191,10 @@ pub struct AdminCreated {
 /// Errors of the local users file and its management.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    /// (`cause` is part of the message, not a separate `source`, so that
+    /// error chains do not print it twice.)
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     /// The file is not a valid users file.
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
@@ -223,9 +225,9 @@ pub enum LocalError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LocalError + '_ {
-    move |source| LocalError::Io {
+    move |cause| LocalError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 
@@ -664,7 +666,7 @@ impl Authenticator for LocalUsers {
 
 /// A random password: [`GENERATED_PASSWORD_LEN`] letters and digits from
 /// the system's random source (rejection sampling keeps them uniform).
-fn generate_password() -> Result<String, LocalError> {
+pub fn generate_password() -> Result<String, LocalError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     // The largest multiple of 62 that fits a byte: 248.
     let limit = (256 / ALPHABET.len() * ALPHABET.len()) as u8;
@@ -759,7 +761,7 @@ fn lock(path: &Path) -> Result<File, LocalError> {
 fn read_users(path: &Path, missing_ok: bool) -> Result<Vec<UserRecord>, LocalError> {
     match load(path) {
         Ok((table, _)) => Ok(table.users),
-        Err(LocalError::Io { source, .. })
+        Err(LocalError::Io { cause: source, .. })
             if missing_ok && source.kind() == io::ErrorKind::NotFound =>
         {
             Ok(Vec::new())

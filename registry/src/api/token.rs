@@ -29,10 +29,85 @@ pub const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 pub type KeyRefetch =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<KeySet>> + Send>> + Send + Sync>;
 
+/// Where challenges send clients for a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Realm {
+    /// Always this URL.
+    Fixed(String),
+    /// The host the client used to reach the registry (its `Host`
+    /// header or HTTP/2 authority), on the token service's port: clients
+    /// that reach the registry by any of its names or addresses are sent
+    /// to the same name, which the certificate covers. `fallback` is the
+    /// host used when the request names none (or an unusable one).
+    SameHost {
+        scheme: &'static str,
+        port: u16,
+        fallback: String,
+    },
+}
+
+impl From<String> for Realm {
+    fn from(url: String) -> Realm {
+        Realm::Fixed(url)
+    }
+}
+
+impl From<&str> for Realm {
+    fn from(url: &str) -> Realm {
+        Realm::Fixed(url.to_owned())
+    }
+}
+
+impl Realm {
+    /// The realm URL for a request with these `headers` and `uri`.
+    pub fn for_request(&self, uri: &Uri, headers: &HeaderMap) -> String {
+        match self {
+            Realm::Fixed(url) => url.clone(),
+            Realm::SameHost {
+                scheme,
+                port,
+                fallback,
+            } => {
+                let authority = headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| uri.authority().map(|a| a.as_str()));
+                let host = authority.and_then(host_of).unwrap_or(fallback);
+                format!("{scheme}://{host}:{port}/token")
+            }
+        }
+    }
+}
+
+/// The host of an `authority` (`host`, `host:port`, `[v6]:port`), if it is
+/// a plain DNS name or IP address: anything else (user info, odd bytes) is
+/// refused rather than echoed into a URL.
+fn host_of(authority: &str) -> Option<&str> {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let inner = &rest[..end];
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        &authority[..end + 2]
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return None,
+            None => authority,
+        }
+    };
+    let plain = host.starts_with('[')
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+    plain.then_some(host)
+}
+
 /// Bearer-token enforcement for the registry API.
 pub struct TokenAuth {
     verifier: RwLock<Verifier>,
-    realm: String,
+    realm: Realm,
     service: String,
     refetch: Option<KeyRefetch>,
     /// When the key set was last refetched; held across the refetch so
@@ -81,7 +156,7 @@ impl Required {
 impl TokenAuth {
     /// Enforces tokens verified by `verifier`; challenges send clients to
     /// `realm` for `service` (which should be the verifier's audience).
-    pub fn new(verifier: Verifier, realm: impl Into<String>, service: impl Into<String>) -> Self {
+    pub fn new(verifier: Verifier, realm: impl Into<Realm>, service: impl Into<String>) -> Self {
         TokenAuth {
             verifier: RwLock::new(verifier),
             realm: realm.into(),
@@ -99,7 +174,7 @@ impl TokenAuth {
     }
 
     /// The challenge's realm.
-    pub fn realm(&self) -> &str {
+    pub fn realm(&self) -> &Realm {
         &self.realm
     }
 
@@ -169,14 +244,9 @@ impl TokenAuth {
     ) -> Result<Claims, ApiError> {
         let required = required_for(ep, method, uri);
         let scope = required.scope();
-        let challenge_with = |error: Option<&str>| {
-            hv(&challenge(
-                &self.realm,
-                &self.service,
-                scope.as_deref(),
-                error,
-            ))
-        };
+        let realm = self.realm.for_request(uri, headers);
+        let challenge_with =
+            |error: Option<&str>| hv(&challenge(&realm, &self.service, scope.as_deref(), error));
         let Some(token) = bearer(headers) else {
             return Err(ApiError::unauthorized(challenge_with(None)));
         };
@@ -260,6 +330,41 @@ mod tests {
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
             assert_eq!(bearer(&h), want, "{v}");
         }
+    }
+
+    #[test]
+    fn realm_follows_the_host_the_client_used() {
+        let realm = Realm::SameHost {
+            scheme: "https",
+            port: 9002,
+            fallback: "registry.example".into(),
+        };
+        let uri: Uri = "/v2/".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            realm.for_request(&uri, &h),
+            "https://registry.example:9002/token"
+        );
+        for (host, want) in [
+            ("localhost:9001", "https://localhost:9002/token"),
+            ("127.0.0.1:9001", "https://127.0.0.1:9002/token"),
+            ("[::1]:9001", "https://[::1]:9002/token"),
+            ("reg.example", "https://reg.example:9002/token"),
+            // Refused: user info, paths, quotes, bad IPv6: the fallback.
+            ("evil@x:1", "https://registry.example:9002/token"),
+            ("x/y", "https://registry.example:9002/token"),
+            ("a\"b", "https://registry.example:9002/token"),
+            ("[zz]:1", "https://registry.example:9002/token"),
+            ("x:port", "https://registry.example:9002/token"),
+        ] {
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            assert_eq!(realm.for_request(&uri, &h), want, "{host}");
+        }
+        let h2: Uri = "https://h2.example:9001/v2/".parse().unwrap();
+        assert_eq!(
+            realm.for_request(&h2, &HeaderMap::new()),
+            "https://h2.example:9002/token"
+        );
     }
 
     #[test]
