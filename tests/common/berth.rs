@@ -13,6 +13,8 @@ pub struct Berth {
     pub child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// `berth serve`: the token service's address (`addr` is the registry's).
+    pub identity_addr: Option<String>,
     /// Everything the process logged so far (collected in the background).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -41,6 +43,79 @@ impl Berth {
     pub fn start_identity(data_dir: &Path, envs: &[(&str, &str)]) -> Berth {
         let args = serve_args("identity", data_dir, &[]);
         Self::spawn(data_dir, &args, envs, "token service listening addr=")
+    }
+
+    /// Starts `berth serve` (registry and token service in one process)
+    /// on ephemeral loopback ports, over HTTPS with the certificate it
+    /// generates in `<data_dir>/tls` unless `flags` say otherwise, with the
+    /// caller's flags and environment (no Keystone: the local users file).
+    /// `listen_ip` is `127.0.0.1` or `::1`.
+    pub fn start_all(
+        data_dir: &Path,
+        listen_ip: &str,
+        flags: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Berth {
+        let any_port = |ip: &str| {
+            if ip.contains(':') {
+                format!("[{ip}]:0")
+            } else {
+                format!("{ip}:0")
+            }
+        };
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--data-dir".into()];
+        args.push(data_dir.into());
+        args.extend(["--registry-listen".into(), any_port(listen_ip).into()]);
+        args.extend(["--identity-listen".into(), any_port(listen_ip).into()]);
+        args.extend(flags.iter().map(Into::into));
+        let mut berth = Self::spawn(data_dir, &args, envs, "registry listening addr=");
+        // The token service reports its address before the registry does.
+        let marker = "token service listening addr=";
+        berth.identity_addr = berth
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.split(marker).nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned);
+        assert!(berth.identity_addr.is_some(), "no token service address");
+        berth
+    }
+
+    /// `https://ADDR` of the registry.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The CA certificate berth generated (`<data_dir>/tls/ca.crt`).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.crt")
+    }
+
+    /// The generated password of the local `admin` (`<data_dir>/admin.password`).
+    pub fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.password"))
+            .expect("admin.password")
+            .trim()
+            .to_owned()
+    }
+
+    /// `berth keys export-bundle`: writes the PEM certificates of the
+    /// signing keys under `data_dir` to `out`.
+    pub fn export_bundle(data_dir: &Path, out: &Path) -> Command {
+        let mut cmd = keys_command("export-bundle", data_dir);
+        cmd.arg("--out").arg(out);
+        cmd
+    }
+
+    /// `berth keys rotate` with a publish delay of `publish_delay` seconds
+    /// (0: the new key signs at once); prints `new signing key KID ...`.
+    pub fn rotate_keys(data_dir: &Path, publish_delay: u64) -> Command {
+        let mut cmd = keys_command("rotate", data_dir);
+        cmd.arg("--set")
+            .arg(format!("token.key_publish_delay={publish_delay}"));
+        cmd
     }
 
     /// Spawns the binary and waits for the log line `<marker><addr>`.
@@ -92,6 +167,7 @@ impl Berth {
             child,
             addr,
             data_dir: data_dir.to_owned(),
+            identity_addr: None,
             log,
         }
     }
@@ -118,6 +194,13 @@ impl Berth {
             .status();
         self.child.wait().expect("wait for berth")
     }
+}
+
+/// `berth keys SUBCOMMAND --data-dir DIR`
+fn keys_command(subcommand: &str, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["keys", subcommand, "--data-dir"]).arg(data_dir);
+    cmd
 }
 
 /// `berth <service> serve --listen 127.0.0.1:0 --tls off --data-dir DIR FLAGS...`
