@@ -242,6 +242,12 @@ impl Keystone {
         &self.url
     }
 
+    /// Its instance directory (in gunicorn's command line: what to look
+    /// for when checking that it is gone).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `http://127.0.0.1:PORT/v3`
     pub fn v3(&self) -> String {
         format!("{}/v3", self.url)

@@ -7,4 +7,5 @@
 
 pub mod berth;
 pub mod clients;
+pub mod distribution;
 pub mod keystone;
