@@ -13,6 +13,9 @@
 //!   [`backend`] is what it needs from an identity backend.
 //! - [`refresh`], [`ratelimit`], [`audit`]: refresh tokens, failed-login
 //!   limits, the audit log.
+//! - [`openstack`], [`pull_secret`]: the client side, with the caller's own
+//!   OpenStack credentials (`clouds.yaml`, `OS_*`): pull-only application
+//!   credentials and the Kubernetes Secrets that carry them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -21,7 +24,9 @@ pub mod authn;
 pub mod backend;
 pub mod http;
 pub mod keys;
+pub mod openstack;
 pub mod policy;
+pub mod pull_secret;
 pub mod ratelimit;
 pub mod refresh;
 pub mod token;
