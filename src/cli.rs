@@ -54,6 +54,10 @@ enum Command {
         #[command(subcommand)]
         command: crate::users::UsersCommand,
     },
+    /// Create a pull-only Keystone application credential for a project,
+    /// with your OpenStack credentials (OS_CLOUD or OS_*), and print the
+    /// Kubernetes Secret (or write the Docker config.json) that uses it.
+    PullSecret(Box<crate::pull_secret::PullSecretArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +330,7 @@ impl Cli {
             } => crate::identity::export_bundle(&config.load()?.config, out.as_deref()),
             Command::Config { command } => config_command(command),
             Command::Users { command } => crate::users::run(command),
+            Command::PullSecret(args) => crate::pull_secret::run(*args).await,
         }
     }
 }

@@ -7,6 +7,7 @@
 mod cli;
 mod config;
 mod identity;
+mod pull_secret;
 mod serve;
 mod tls;
 mod users;
