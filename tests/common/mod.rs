@@ -9,3 +9,4 @@ pub mod berth;
 pub mod clients;
 pub mod distribution;
 pub mod keystone;
+pub mod pull_secret;
