@@ -16,7 +16,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_tracing(cli.log_format);
+    let log_format = cli.log_format;
+    cli::init_tracing(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,8 +31,11 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("berth: {e:#}");
+            // Once: in the JSON log for machines, else as a plain line.
+            match log_format {
+                cli::LogFormat::Json => tracing::error!("{e:#}"),
+                cli::LogFormat::Text => eprintln!("berth: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }
