@@ -13,8 +13,6 @@
 //!   stall the accept loop;
 //! - the instructions printed for operators to trust the CA.
 
-#![cfg_attr(not(test), expect(dead_code, reason = "wired by berth serve next"))]
-
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -85,13 +83,6 @@ pub struct GeneratedTls {
     pub names: Vec<String>,
     /// When the server certificate in use expires.
     pub not_after: OffsetDateTime,
-}
-
-impl GeneratedTls {
-    /// Whether anything was created or renewed on this call.
-    pub fn changed(&self) -> bool {
-        self.ca_created || self.cert_issued
-    }
 }
 
 /// The names berth's server certificate covers by default: the machine's
@@ -695,11 +686,6 @@ impl TlsListener {
         Self { tcp, established }
     }
 
-    /// The address the listener is bound to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
-
     /// This listener with a no-op `tap_io`, for which axum implements
     /// `Connected`: use it with
     /// `router.into_make_service_with_connect_info::<SocketAddr>()`.
@@ -902,7 +888,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data/tls");
         let tls = ensure_self_signed(&dir, &names(&["localhost", "127.0.0.1"])).unwrap();
-        assert!(tls.ca_created && tls.cert_issued && tls.changed());
+        assert!(tls.ca_created && tls.cert_issued);
         assert_eq!(tls.ca_cert, dir.join("ca.crt"));
         assert_eq!(tls.cert, dir.join("server.crt"));
         assert_eq!(tls.key, dir.join("server.key"));
@@ -1000,13 +986,13 @@ mod tests {
         let first = ensure_self_signed(tmp.path(), &wanted).unwrap();
         let before = read_all(tmp.path());
         let second = ensure_self_signed(tmp.path(), &wanted).unwrap();
-        assert!(!second.changed());
+        assert!(!second.ca_created && !second.cert_issued);
         assert_eq!(read_all(tmp.path()), before);
         assert_eq!(second.names, first.names);
         assert_eq!(second.not_after, first.not_after);
         // A subset of the names is covered too.
         let third = ensure_self_signed(tmp.path(), &names(&["LOCALHOST"])).unwrap();
-        assert!(!third.changed());
+        assert!(!third.ca_created && !third.cert_issued);
         assert_eq!(third.names, first.names);
     }
 
@@ -1053,7 +1039,7 @@ mod tests {
             SERVER_VALIDITY,
         )
         .unwrap();
-        assert!(!later.changed());
+        assert!(!later.ca_created && !later.cert_issued);
         let near_end = ensure_at(
             tmp.path(),
             &wanted,
