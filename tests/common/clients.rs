@@ -85,13 +85,34 @@ impl Ran {
 /// Runs a command to completion within [`COMMAND_TIMEOUT`] (killing it by
 /// its PID past that), capturing its output. Does not check the exit code.
 pub fn run(cmd: &mut Command) -> Ran {
+    run_with_input(cmd, None)
+}
+
+/// Like [`run`], with `input` written to the command's standard input
+/// (then closed): a password for `login --password-stdin`, say.
+pub fn run_input(cmd: &mut Command, input: &str) -> Ran {
+    run_with_input(cmd, Some(input.as_bytes().to_vec()))
+}
+
+fn run_with_input(cmd: &mut Command, input: Option<Vec<u8>>) -> Ran {
     let what = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A thread, so that a command that does not read cannot block us.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let out = reader(child.stdout.take().expect("stdout"));
     let err = reader(child.stderr.take().expect("stderr"));
     let deadline = Instant::now() + COMMAND_TIMEOUT;
