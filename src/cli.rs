@@ -336,13 +336,16 @@ impl Cli {
 }
 
 fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
-    match command {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let result = match command {
         ConfigCommand::Check(args) => match config::load(&args.sources()) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
-                    println!("warning: {w}");
+                    let _ = writeln!(out, "warning: {w}");
                 }
-                println!(
+                let _ = writeln!(
+                    out,
                     "configuration OK ({})",
                     args.config
                         .as_ref()
@@ -352,7 +355,7 @@ fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             Err(problems) => {
-                print!("{problems}");
+                let _ = write!(out, "{problems}");
                 Err(anyhow::anyhow!(
                     "the configuration has {} problem(s)",
                     problems.0.len()
@@ -364,7 +367,7 @@ fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
             for (section, _) in config::SECTIONS {
                 let keys = config::KEYS.iter().filter(|k| k.section == *section);
                 if !section.is_empty() {
-                    println!("\n[{section}]");
+                    let _ = writeln!(out, "\n[{section}]");
                 }
                 for key in keys {
                     let path = key.path();
@@ -377,18 +380,31 @@ fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
                         .get(&path)
                         .map(ToString::to_string)
                         .unwrap_or_else(|| "unset".into());
-                    match value {
-                        Some(v) => println!("{} = {v}  # {origin}", key.name),
-                        None => println!("# {} unset", key.name),
-                    }
+                    let _ = match value {
+                        Some(v) => writeln!(out, "{} = {v}  # {origin}", key.name),
+                        None => writeln!(out, "# {} unset", key.name),
+                    };
                 }
             }
             Ok(())
         }
         ConfigCommand::Reference => {
-            print!("{}", config::reference_markdown());
+            out.push_str(&config::reference_markdown());
             Ok(())
         }
+    };
+    write_stdout(&out)?;
+    result
+}
+
+/// Writes `text` to standard output; a reader that went away (`| head`)
+/// is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }
 

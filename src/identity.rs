@@ -64,7 +64,7 @@ pub fn export_bundle(cfg: &Config, out: Option<&Path>) -> anyhow::Result<()> {
     match out {
         Some(path) => std::fs::write(path, bundle)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => print!("{bundle}"),
+        None => crate::cli::write_stdout(&bundle)?,
     }
     Ok(())
 }

@@ -80,14 +80,15 @@ pub fn run(command: UsersCommand) -> anyhow::Result<()> {
     match command {
         UsersCommand::List(config) => {
             let path = users_file(&config, false)?;
+            let mut out = String::new();
             for user in local::list_users(&path)? {
                 let projects: Vec<String> = user
                     .projects
                     .iter()
                     .map(|(p, r)| format!("{p}={r}"))
                     .collect();
-                println!(
-                    "{}{}{}",
+                out.push_str(&format!(
+                    "{}{}{}\n",
                     user.name,
                     if user.admin { " (admin)" } else { "" },
                     if projects.is_empty() {
@@ -95,9 +96,9 @@ pub fn run(command: UsersCommand) -> anyhow::Result<()> {
                     } else {
                         format!(" {}", projects.join(","))
                     }
-                );
+                ));
             }
-            Ok(())
+            crate::cli::write_stdout(&out)
         }
         UsersCommand::Add(args) => {
             let path = users_file(&args.config, true)?;

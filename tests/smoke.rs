@@ -140,3 +140,27 @@ fn keys_rotate_and_export_bundle() {
         }
     }
 }
+
+/// A reader that goes away (`berth config show | head -1`) is no error:
+/// the commands that print exit 0 instead of panicking on EPIPE.
+#[test]
+fn printing_into_a_closed_pipe_is_not_a_panic() {
+    for args in [
+        &["config", "show"][..],
+        &["config", "reference"],
+        &["--help"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env_remove("BERTH_CONFIG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {} {err}", out.status);
+    }
+}
