@@ -16,6 +16,9 @@ Subcommands:
   wrk-parse FILE            print "req/s p50_ms p99_ms errors requests" from wrk --latency output
   ab-parse OUT CSV          the same from ab's output and its -e percentile CSV
   median V...               print the median
+
+chunked and push-image speak HTTPS when BASE is https:// (trusting the CA in
+$BENCH_CACERT) and send "Authorization: Bearer $BENCH_TOKEN" when that is set.
 """
 
 import hashlib
@@ -27,6 +30,7 @@ import os
 import re
 import socket
 import socketserver
+import ssl
 import statistics
 import sys
 import time
@@ -118,8 +122,19 @@ def serve_file(path, portfile):
     srv.serve_forever()
 
 
+def _tls_context():
+    """Trusts only $BENCH_CACERT (berth's generated CA); http.client speaks HTTP/1.1."""
+    cafile = os.environ.get("BENCH_CACERT")
+    if not cafile:
+        die("an https:// URL needs BENCH_CACERT (the CA certificate to trust)")
+    return ssl.create_default_context(cafile=cafile)
+
+
 def _conn(base):
     u = urllib.parse.urlsplit(base)
+    if u.scheme == "https":
+        return http.client.HTTPSConnection(u.hostname, u.port, timeout=300,
+                                           context=_tls_context())
     return http.client.HTTPConnection(u.hostname, u.port, timeout=300)
 
 
@@ -130,7 +145,10 @@ def _path(loc, base):
 
 
 def _req(conn, method, path, body=None, headers=None, expect=(200,)):
-    conn.request(method, path, body=body, headers=headers or {})
+    headers = dict(headers or {})
+    if os.environ.get("BENCH_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["BENCH_TOKEN"]
+    conn.request(method, path, body=body, headers=headers)
     r = conn.getresponse()
     data = r.read()
     if r.status not in expect:
