@@ -482,18 +482,67 @@ impl fmt::Debug for LocalUsers {
     }
 }
 
+/// The hash of a random password that unknown users' passwords are checked
+/// against (see the module doc). Making it is one bcrypt hash at the
+/// configured cost, a quarter of a second at cost 12: a process that opens
+/// the users file later (a standby about to take over) makes it ahead.
+#[derive(Clone)]
+pub struct DummyHash {
+    cost: u32,
+    hash: String,
+}
+
+impl DummyHash {
+    /// Hashes a random password at `cost` (4 to 31).
+    pub fn new(cost: u32) -> Result<DummyHash, LocalError> {
+        if !(4..=31).contains(&cost) {
+            return Err(LocalError::Cost(cost));
+        }
+        let hash = bcrypt::hash(generate_password()?, cost)
+            .map_err(|e| LocalError::Hash(e.to_string()))?;
+        Ok(DummyHash { cost, hash })
+    }
+
+    /// The bcrypt cost it was made with.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+}
+
+impl fmt::Debug for DummyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DummyHash")
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LocalUsers {
     /// Reads the users file (which must exist and be valid) and prepares the
     /// dummy hash (one bcrypt hash at the configured cost: a quarter of a
     /// second at cost 12).
     pub fn open(path: impl Into<PathBuf>, options: LocalOptions) -> Result<LocalUsers, LocalError> {
+        let dummy = DummyHash::new(options.bcrypt_cost)?;
+        Self::open_with(path, options, dummy)
+    }
+
+    /// [`LocalUsers::open`] with a dummy hash made ahead; one of another
+    /// cost than `options.bcrypt_cost` is made again.
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        options: LocalOptions,
+        dummy: DummyHash,
+    ) -> Result<LocalUsers, LocalError> {
         let path = path.into();
         if !(4..=31).contains(&options.bcrypt_cost) {
             return Err(LocalError::Cost(options.bcrypt_cost));
         }
         let (table, stamp) = load(&path)?;
-        let dummy_hash = bcrypt::hash(generate_password()?, options.bcrypt_cost)
-            .map_err(|e| LocalError::Hash(e.to_string()))?;
+        let dummy_hash = if dummy.cost == options.bcrypt_cost {
+            dummy.hash
+        } else {
+            DummyHash::new(options.bcrypt_cost)?.hash
+        };
         let cache = Cache::new(options.cache_ttl, options.cache_max_entries)
             .map_err(|()| LocalError::Random)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

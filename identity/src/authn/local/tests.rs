@@ -179,6 +179,25 @@ async fn unknown_users_cost_a_bcrypt_check_like_known_ones() {
 }
 
 #[tokio::test]
+async fn a_dummy_hash_made_ahead_is_used_if_its_cost_is_right() {
+    let (_dir, path, _users) = fixture();
+    let ahead = DummyHash::new(COST).unwrap();
+    assert_eq!(ahead.cost(), COST);
+    let users = LocalUsers::open_with(&path, opts(), ahead.clone()).unwrap();
+    assert_eq!(users.dummy_hash, ahead.hash);
+    let n = verifications(&users);
+    assert!(users.authenticate(&login("nobody", "wrong")).await.is_err());
+    assert_eq!(verifications(&users), n + 1, "the dummy hash is checked");
+
+    // Another cost: made again at the configured one.
+    let users = LocalUsers::open_with(&path, opts(), DummyHash::new(COST + 1).unwrap()).unwrap();
+    let parts: bcrypt::HashParts = users.dummy_hash.parse().unwrap();
+    assert_eq!(parts.get_cost(), COST);
+    assert!(matches!(DummyHash::new(3), Err(LocalError::Cost(3))));
+    assert!(!format!("{ahead:?}").contains("$2"), "no hash in Debug");
+}
+
+#[tokio::test]
 async fn a_cache_hit_runs_no_bcrypt() {
     let (_dir, _path, users) = fixture();
     let first = users
