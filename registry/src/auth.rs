@@ -298,6 +298,14 @@ impl Verifier {
         if claims.aud != self.audience {
             return Err(AuthError::WrongAudience);
         }
+        self.check_times(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// Whether verified `claims` are still (or already) valid at `now`:
+    /// `exp` and `nbf` with the leeway. A cache of verified tokens asks
+    /// this on every use.
+    pub fn check_times(&self, claims: &Claims, now: SystemTime) -> Result<(), AuthError> {
         let now = match now.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             Err(_) => 0,
@@ -309,7 +317,7 @@ impl Verifier {
         if claims.nbf > now.saturating_add(leeway) {
             return Err(AuthError::NotYetValid);
         }
-        Ok(claims)
+        Ok(())
     }
 }
 

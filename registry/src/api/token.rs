@@ -5,7 +5,16 @@
 //!
 //! [`TokenAuth::check`] runs in `dispatch` after the endpoint is parsed and
 //! before its handler reads the body, so a refused request writes nothing.
+//!
+//! Verified tokens are remembered (by the SHA-256 of their text, never the
+//! text) with their claims: a client sends the same token with every
+//! request of a pull or push, and the RSA signature check is most of a
+//! small request's cost. A remembered token is still checked for `exp` and
+//! `nbf` on every use, and the memory is emptied whenever the key set
+//! changes, so a token is never accepted from it that the current keys
+//! would refuse.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +33,13 @@ use crate::auth::{
 
 /// The least time between two refetches of the key set.
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most verified tokens remembered; when full, the memory is emptied
+/// (live clients verify once more and refill it).
+pub const VERIFIED_TOKENS: usize = 8192;
+
+/// A token's memory key: the SHA-256 of its text.
+type TokenHash = [u8; 32];
 
 /// A callback that fetches the current key set (`None` when it cannot).
 pub type KeyRefetch =
@@ -113,6 +129,8 @@ pub struct TokenAuth {
     /// When the key set was last refetched; held across the refetch so
     /// that concurrent requests with the new key wait for it.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Tokens verified with the current keys, and their claims.
+    verified: RwLock<HashMap<TokenHash, Claims>>,
 }
 
 impl fmt::Debug for TokenAuth {
@@ -163,6 +181,7 @@ impl TokenAuth {
             service: service.into(),
             refetch: None,
             last_refetch: tokio::sync::Mutex::new(None),
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
@@ -183,12 +202,38 @@ impl TokenAuth {
         &self.service
     }
 
-    /// Replaces the trusted keys.
+    /// Replaces the trusted keys (and forgets every verified token).
     pub fn set_keys(&self, keys: KeySet) {
-        self.verifier
+        let mut verifier = self.verifier.write().unwrap_or_else(|e| e.into_inner());
+        verifier.set_keys(keys);
+        self.verified
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .set_keys(keys);
+            .clear();
+    }
+
+    /// The claims of `token` if it was verified before and is still within
+    /// its validity.
+    fn remembered(&self, hash: &TokenHash) -> Option<Claims> {
+        let claims = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()?;
+        let verifier = self.verifier.read().unwrap_or_else(|e| e.into_inner());
+        verifier
+            .check_times(&claims, std::time::SystemTime::now())
+            .ok()
+            .map(|()| claims)
+    }
+
+    fn remember(&self, hash: TokenHash, claims: &Claims) {
+        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(hash, claims.clone());
     }
 
     fn verify_now(&self, token: &str) -> Result<Claims, AuthError> {
@@ -198,9 +243,23 @@ impl TokenAuth {
             .verify(token)
     }
 
-    /// Verifies `token`; on an unknown key, refetches the key set (at most
-    /// once every [`REFETCH_INTERVAL`]) and tries once more.
+    /// Verifies `token` (or finds it verified before); on an unknown key,
+    /// refetches the key set (at most once every [`REFETCH_INTERVAL`]) and
+    /// tries once more.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        if let Some(claims) = self.remembered(&hash) {
+            return Ok(claims);
+        }
+        let claims = self.verify_with_keys(token).await?;
+        self.remember(hash, &claims);
+        Ok(claims)
+    }
+
+    async fn verify_with_keys(&self, token: &str) -> Result<Claims, AuthError> {
         match self.verify_now(token) {
             Err(AuthError::UnknownKey(kid)) => {
                 let Some(refetch) = &self.refetch else {
@@ -330,6 +389,47 @@ mod tests {
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
             assert_eq!(bearer(&h), want, "{v}");
         }
+    }
+
+    /// Verified tokens are remembered, but never past their validity, never
+    /// across a change of keys, and never for a token that differs.
+    #[tokio::test]
+    async fn verified_tokens_are_remembered_within_their_validity() {
+        use berth_identity::keys::{KeyOptions, KeyStore};
+        use berth_identity::token::TokenIssuer;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(KeyStore::open(dir.path(), KeyOptions::default()).unwrap());
+        let issuer = TokenIssuer::new(
+            keys.clone(),
+            "iss".into(),
+            "aud".into(),
+            Duration::from_secs(2),
+        );
+        let set = || KeySet::from_jwks(&keys.jwks()).unwrap();
+        let verifier = Verifier::new(set(), "iss", "aud").with_leeway(Duration::ZERO);
+        let auth = TokenAuth::new(verifier, "https://r/token", "aud");
+        let token = issuer.issue("alice", Vec::new()).unwrap().token;
+
+        assert_eq!(auth.verify(&token).await.unwrap().sub, "alice");
+        assert_eq!(auth.verified.read().unwrap().len(), 1);
+        assert_eq!(auth.verify(&token).await.unwrap().sub, "alice");
+        assert_eq!(auth.verified.read().unwrap().len(), 1, "no second entry");
+
+        // A different text (one signature byte changed) is verified anew.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(auth.verify(&forged).await.is_err());
+
+        // New keys: the memory is emptied.
+        auth.set_keys(set());
+        assert!(auth.verified.read().unwrap().is_empty());
+        auth.verify(&token).await.unwrap();
+
+        // Past `exp`, the remembered token is refused like any other.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(matches!(auth.verify(&token).await, Err(AuthError::Expired)));
     }
 
     #[test]
