@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod digest;
+pub mod gc;
 pub mod manifest;
 pub mod name;
 pub mod service;

@@ -19,6 +19,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest, Hasher};
+use crate::gc;
 use crate::manifest::{self, ManifestError, ReferrerDescriptor, Requirement};
 use crate::name::{RepoName, Tag};
 use crate::storage::{BlobRead, Store, StoreError, StoredManifest, UploadId};
@@ -268,14 +269,16 @@ impl Registry {
 
     // ---- blobs ----
 
-    /// Size of a blob linked into `repo`.
+    /// Size of a blob linked into `repo`. A client asking is interested in
+    /// the blob: it is touched, so that garbage collection keeps it for a
+    /// grace period (see [`crate::gc`]).
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let (store, repo, digest) = (self.store.clone(), repo.clone(), digest.clone());
         blocking(move || {
             if !store.blob_linked(&repo, &digest)? {
                 return Err(RegistryError::BlobUnknown);
             }
-            store.blob_size(&digest)?.ok_or(RegistryError::BlobUnknown)
+            store.blob_touch(&digest)?.ok_or(RegistryError::BlobUnknown)
         })
         .await
     }
@@ -284,7 +287,7 @@ impl Registry {
     pub async fn blob_open(&self, repo: &RepoName, digest: &Digest) -> Result<(BlobData, u64)> {
         let (store, repo, digest) = (self.store.clone(), repo.clone(), digest.clone());
         blocking(move || {
-            if !store.blob_linked(&repo, &digest)? {
+            if !store.blob_linked(&repo, &digest)? || store.blob_touch(&digest)?.is_none() {
                 return Err(RegistryError::BlobUnknown);
             }
             let opened = match store.blob_map(&digest) {
@@ -318,7 +321,8 @@ impl Registry {
         .await
     }
 
-    /// Links a blob of `from` into `repo`; `false` when it cannot be mounted.
+    /// Links a blob of `from` into `repo`; `false` when it cannot be
+    /// mounted. The blob is touched (see [`Registry::blob_size`]).
     pub async fn blob_mount(
         &self,
         repo: &RepoName,
@@ -332,7 +336,7 @@ impl Registry {
             digest.clone(),
         );
         blocking(move || {
-            if !store.blob_linked(&from, &digest)? || store.blob_size(&digest)?.is_none() {
+            if !store.blob_linked(&from, &digest)? || store.blob_touch(&digest)?.is_none() {
                 return Ok(false);
             }
             store.blob_link(&repo, &digest)?;
@@ -680,6 +684,8 @@ impl Registry {
             None => None,
         };
         let subject = parsed.subject.clone();
+        let pin = serde_json::to_vec(&gc::PinRecord::new(repo, &digest, &parsed.requirements))
+            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
         let (store, repo, reference, d) = (
             self.store.clone(),
             repo.clone(),
@@ -687,42 +693,66 @@ impl Registry {
             digest.clone(),
         );
         blocking(move || {
-            for req in &parsed.requirements {
-                match req {
-                    Requirement::Blob { digest, size } => {
-                        if !store.blob_linked(&repo, digest)? {
-                            return Err(RegistryError::ManifestBlobUnknown(digest.clone()));
-                        }
-                        match store.blob_size(digest)? {
-                            None => return Err(RegistryError::ManifestBlobUnknown(digest.clone())),
-                            Some(actual) if actual != *size => {
-                                return Err(RegistryError::ManifestInvalid(format!(
-                                    "descriptor of {digest} says {size} bytes, the blob has {actual}"
-                                )));
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                    Requirement::Manifest { digest } => {
-                        if !store.manifest_exists(&repo, digest)? {
-                            return Err(RegistryError::ManifestBlobUnknown(digest.clone()));
-                        }
-                    }
-                }
+            // Announced while it is being stored, so that a garbage
+            // collection starting meanwhile keeps what it references; and
+            // everything it references is touched before anything is
+            // stored (see crate::gc).
+            let pin = store.pin(&pin)?;
+            let stored =
+                Self::store_manifest(&*store, &repo, &reference, &d, parsed, body, referrer);
+            if let Err(e) = store.unpin(&pin) {
+                tracing::warn!(error = %e, pin = pin.as_str(), "cannot remove a manifest's pin");
             }
-            let stored = StoredManifest {
-                media_type: parsed.media_type,
-                content: body,
-            };
-            let referrer = referrer.as_ref().map(|(s, j)| (s, j.as_slice()));
-            store.manifest_put(&repo, &d, &stored, referrer)?;
-            if let Reference::Tag(tag) = &reference {
-                store.tag_set(&repo, tag, &d)?;
-            }
-            Ok(())
+            stored
         })
         .await?;
         Ok((digest, subject))
+    }
+
+    /// Checks that what a manifest references exists (touching it), then
+    /// stores the manifest and its tag.
+    fn store_manifest(
+        store: &dyn Store,
+        repo: &RepoName,
+        reference: &Reference,
+        d: &Digest,
+        parsed: manifest::Parsed,
+        body: Vec<u8>,
+        referrer: Option<(Digest, Vec<u8>)>,
+    ) -> Result<()> {
+        for req in &parsed.requirements {
+            match req {
+                Requirement::Blob { digest, size } => {
+                    if !store.blob_linked(repo, digest)? {
+                        return Err(RegistryError::ManifestBlobUnknown(digest.clone()));
+                    }
+                    match store.blob_touch(digest)? {
+                        None => return Err(RegistryError::ManifestBlobUnknown(digest.clone())),
+                        Some(actual) if actual != *size => {
+                            return Err(RegistryError::ManifestInvalid(format!(
+                                "descriptor of {digest} says {size} bytes, the blob has {actual}"
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Requirement::Manifest { digest } => {
+                    if !store.manifest_touch(repo, digest)? {
+                        return Err(RegistryError::ManifestBlobUnknown(digest.clone()));
+                    }
+                }
+            }
+        }
+        let stored = StoredManifest {
+            media_type: parsed.media_type,
+            content: body,
+        };
+        let referrer = referrer.as_ref().map(|(s, j)| (s, j.as_slice()));
+        store.manifest_put(repo, d, &stored, referrer)?;
+        if let Reference::Tag(tag) = reference {
+            store.tag_set(repo, tag, d)?;
+        }
+        Ok(())
     }
 
     pub async fn manifest_get(

@@ -10,6 +10,17 @@
 //! durable (on the filesystem store: file and directory fsynced). Hashing and
 //! digest verification are done by the caller ([`crate::service`]); the store
 //! moves bytes and names.
+//!
+//! Garbage collection ([`crate::gc`]) runs beside a serving registry, possibly
+//! in another process. Its contract with the store: the registry records
+//! interest in existing content ([`Store::blob_touch`],
+//! [`Store::manifest_touch`]) by refreshing its modification time, and
+//! announces the manifest it is storing ([`Store::pin`]); the collector lists
+//! content with those times and removes an object only through
+//! [`Store::blob_collect`] or [`Store::manifest_collect`], which keep it if it
+//! was touched at or after the cutoff, atomically with respect to a
+//! concurrent touch: the touch either lands first (the object stays) or
+//! finds the object gone (the registry answers as for unknown content).
 
 pub mod fs;
 #[cfg(test)]
@@ -99,6 +110,38 @@ pub struct StoredManifest {
     pub content: Vec<u8>,
 }
 
+/// A stored blob as garbage collection lists it.
+#[derive(Clone, Debug)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was stored or last touched ([`Store::blob_touch`]).
+    pub modified: SystemTime,
+}
+
+/// A manifest revision of a repository as garbage collection lists it.
+#[derive(Clone, Debug)]
+pub struct RevisionEntry {
+    pub digest: Digest,
+    /// When it was stored or last touched ([`Store::manifest_touch`]).
+    pub modified: SystemTime,
+}
+
+/// A record of a manifest being stored right now ([`Store::pin`]).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PinId(String);
+
+impl PinId {
+    /// A fresh random identifier: 32 lower-case hex digits.
+    pub fn new_random() -> Self {
+        PinId(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Where registry content lives. See the module doc for the contract.
 pub trait Store: Send + Sync + 'static {
     // Blobs, shared by every repository.
@@ -176,4 +219,63 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every repository, sorted.
     fn repositories(&self) -> Result<Vec<String>>;
+
+    // Interest and garbage collection (see the module doc and `crate::gc`).
+
+    /// The store's current time, in the clock that stamps modification
+    /// times (on a filesystem, the kernel's file timestamps, which may lag
+    /// the system clock by a tick).
+    fn now(&self) -> Result<SystemTime> {
+        Ok(SystemTime::now())
+    }
+    /// Records interest in a blob: sets its modification time to now. A
+    /// blob that a collection in progress has set aside is put back.
+    /// Returns its size, or `None` when the blob does not exist.
+    fn blob_touch(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Every stored blob.
+    fn blobs(&self) -> Result<Vec<BlobEntry>>;
+    /// Removes a blob unless it was modified at or after `cutoff`; a
+    /// concurrent [`Store::blob_touch`] either keeps it or finds it gone.
+    /// Returns the size removed, `None` when the blob stays (or was gone).
+    fn blob_collect(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<u64>>;
+    /// The blobs linked into `repo`.
+    fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>>;
+    /// Removes `repo`'s link to `digest` if the blob does not exist; a blob
+    /// committed meanwhile keeps its link. Returns whether the link went.
+    fn blob_link_prune(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+
+    /// Records interest in a manifest revision (as [`Store::blob_touch`]);
+    /// returns whether it exists.
+    fn manifest_touch(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// The manifest revisions of `repo`.
+    fn manifest_revisions(&self, repo: &RepoName) -> Result<Vec<RevisionEntry>>;
+    /// Removes a manifest revision unless it was modified at or after
+    /// `cutoff` (as [`Store::blob_collect`]), then its referrers entry
+    /// under `subject`. Tags are not looked at: the caller collects
+    /// untagged manifests only. Returns whether the revision went.
+    fn manifest_collect(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        subject: Option<&Digest>,
+        cutoff: SystemTime,
+    ) -> Result<bool>;
+    /// Removes referrers entries of `repo` whose manifest revision does not
+    /// exist (left by an interrupted collection). Returns how many.
+    fn referrers_prune(&self, repo: &RepoName) -> Result<usize>;
+    /// Removes `repo` if it holds nothing (no tag, revision, link or
+    /// referrers entry); a write racing with it is not lost.
+    fn repository_prune(&self, repo: &RepoName) -> Result<bool>;
+
+    /// Announces a manifest being stored (`record`: what it references, as
+    /// `crate::gc` writes it) until [`Store::unpin`]; a collection that
+    /// starts meanwhile keeps what the record names. Pins need not be
+    /// durable: they matter only while the process that made them lives.
+    fn pin(&self, record: &[u8]) -> Result<PinId>;
+    fn unpin(&self, id: &PinId) -> Result<()>;
+    /// The records of every current pin.
+    fn pins(&self) -> Result<Vec<Vec<u8>>>;
+    /// Puts back whatever an interrupted collection had set aside; returns
+    /// how many objects. Called by a collection before it starts.
+    fn gc_recover(&self) -> Result<usize>;
 }

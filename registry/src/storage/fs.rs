@@ -8,8 +8,11 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest media type
 //! repositories/<name>/_manifests/tags/<tag>         digest the tag points to
 //! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   referrer descriptor (JSON)
+//! repositories/<name>/_manifests/trash/<alg>/<hex>       revision set aside by garbage collection
 //! uploads/<id>/repo                                 repository the session belongs to
 //! uploads/<id>/data                                 bytes received so far
+//! trash/<alg>-<hex>                                 blob set aside by garbage collection
+//! pins/<id>                                         manifest being stored (garbage collection)
 //! tmp/                                              scratch for atomic writes
 //! ```
 //!
@@ -23,14 +26,27 @@
 //! fsynced, as is the parent of every directory created on the way. A crash
 //! at any point leaves either the old state or the new one, never a partial
 //! file under a final name.
+//!
+//! Garbage collection removes an object in three steps: rename it into a
+//! trash directory, look at it again, then unlink it, or put it back if it
+//! was touched meanwhile. A touch that finds the object missing looks in
+//! the trash and puts it back itself; whichever rename or unlink comes
+//! first wins, so an object is never both touched and removed. Objects an
+//! interrupted collection left in the trash go back at the next one
+//! ([`Store::gc_recover`]) or as soon as a client shows interest.
+//! Directories that garbage collection removes (empty repositories) may
+//! vanish under a concurrent write: writes into a repository re-create
+//! their directory and retry.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{
-    BlobRead, Result, Store, StoreError, StoredManifest, UploadId, UploadInfo, UploadWriter,
+    BlobEntry, BlobRead, PinId, Result, RevisionEntry, Store, StoreError, StoredManifest, UploadId,
+    UploadInfo, UploadWriter,
 };
 use crate::digest::Digest;
 use crate::name::{RepoName, Tag};
@@ -42,17 +58,27 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// Opens (creating if needed) a store at `root` and clears scratch files
-    /// left by a previous process.
+    /// Opens (creating if needed) a store at `root` for serving, and clears
+    /// scratch files and pins left by a previous process.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let store = Self::attach(root)?;
+        for dir in [store.tmp_dir(), store.pins_dir()] {
+            for entry in fs::read_dir(dir)? {
+                let path = entry?.path();
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) a store at `root` that a server may be
+    /// using at the same time (`berth gc`): unlike [`FsStore::open`], it
+    /// clears nothing.
+    pub fn attach(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         let store = FsStore { root };
-        for dir in ["blobs", "repositories", "uploads", "tmp"] {
+        for dir in ["blobs", "repositories", "uploads", "tmp", "trash", "pins"] {
             mkdir_durable(&store.root.join(dir))?;
-        }
-        for entry in fs::read_dir(store.tmp_dir())? {
-            let path = entry?.path();
-            let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
         }
         Ok(store)
     }
@@ -63,6 +89,23 @@ impl FsStore {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn pins_dir(&self) -> PathBuf {
+        self.root.join("pins")
+    }
+
+    fn blob_trash(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("trash")
+            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    fn revision_trash(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo)
+            .join("_manifests/trash")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -139,10 +182,229 @@ impl FsStore {
             return Ok(());
         }
         let parent = parent_of(path)?;
-        mkdir_durable(parent)?;
-        OpenOptions::new().create(true).append(true).open(path)?;
+        in_directory(parent, || {
+            OpenOptions::new().create(true).append(true).open(path)?;
+            Ok(())
+        })?;
         fsync_dir(parent)
     }
+
+    /// Removes `subject`'s referrers entry for `digest` if the revision
+    /// `digest` does not exist. A manifest stored meanwhile writes its
+    /// revision before its entry: if the revision reappears after the
+    /// entry went, the entry is written back.
+    fn referrer_entry_prune(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let entry = self.referrers_dir(repo, subject).join(entry_name(digest));
+        let revision = self.revision_path(repo, digest);
+        if revision.exists() {
+            return Ok(false);
+        }
+        let Some(content) = read_opt(&entry)? else {
+            return Ok(false);
+        };
+        if !remove_durable(&entry)? {
+            return Ok(false);
+        }
+        if revision.exists() {
+            self.write_atomic(&entry, &content)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// `<alg>-<hex>`: a referrers entry's (and a trashed blob's) file name.
+fn entry_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().as_str(), d.hex())
+}
+
+/// Parses [`entry_name`].
+fn parse_entry_name(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.split_once('-')?;
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// Runs `op`, which creates something in `dir`, after creating `dir`; if
+/// `dir` vanished in between (garbage collection removing an empty
+/// repository), creates it again and retries.
+fn in_directory<T>(dir: &Path, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempts = 0;
+    loop {
+        mkdir_durable(dir)?;
+        match op() {
+            Err(StoreError::NotFound) if attempts < 8 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Sets `path`'s modification time to now; `false` if it does not exist.
+fn touch_file(path: &Path) -> Result<bool> {
+    use nix::errno::Errno;
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    match utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::UTIME_NOW,
+        UtimensatFlags::FollowSymlink,
+    ) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        // Files berth may not touch (another owner, a read-only mount):
+        // serve them, but garbage collection's grace period then counts
+        // from when they were stored.
+        Err(e @ (Errno::EPERM | Errno::EACCES | Errno::EROFS)) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot refresh a file's modification time; garbage collection's grace period counts from when content was stored");
+            }
+            Ok(path.exists())
+        }
+        Err(e) => Err(io::Error::from(e).into()),
+    }
+}
+
+/// Touches `path`; if it is missing, takes it back from `trash` (where a
+/// collection in progress put it) and touches it. Whether it exists.
+fn touch_or_rescue(path: &Path, trash: &Path) -> Result<bool> {
+    if touch_file(path)? {
+        return Ok(true);
+    }
+    match fs::rename(trash, path) {
+        Ok(()) => touch_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Moves a set-aside object back (unless someone already did).
+fn put_back(trash: &Path, path: &Path) -> Result<()> {
+    let parent = parent_of(path)?;
+    mkdir_durable(parent)?;
+    match fs::rename(trash, path) {
+        Ok(()) => fsync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes `path` unless it was modified at or after `cutoff`: renames it
+/// to `trash`, looks again, and unlinks it only if nobody touched it in
+/// between (else puts it back). A concurrent [`touch_or_rescue`] either
+/// touches it before the rename (seen here), or finds it gone and takes it
+/// back from the trash before the unlink (the unlink then fails), or after
+/// (and reports it missing). Returns the size removed.
+fn collect_file(path: &Path, trash: &Path, cutoff: SystemTime) -> Result<Option<u64>> {
+    let before = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if before.modified()? >= cutoff {
+        return Ok(None);
+    }
+    let trash_dir = parent_of(trash)?;
+    mkdir_durable(trash_dir)?;
+    match fs::rename(path, trash) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let decided = (|| -> Result<Option<u64>> {
+        fsync_dir(parent_of(path)?)?;
+        fsync_dir(trash_dir)?;
+        let after = match fs::metadata(trash) {
+            Ok(m) => m,
+            // Taken back by a touch.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let untouched = after.dev() == before.dev()
+            && after.ino() == before.ino()
+            && after.modified()? == before.modified()?
+            && after.modified()? < cutoff;
+        if !untouched {
+            put_back(trash, path)?;
+            return Ok(None);
+        }
+        match fs::remove_file(trash) {
+            Ok(()) => {
+                fsync_dir(trash_dir)?;
+                Ok(Some(after.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })();
+    if decided.is_err() {
+        let _ = put_back(trash, path);
+    }
+    decided
+}
+
+/// Whether `dir` holds any file, at any depth.
+fn has_file(dir: &Path) -> Result<bool> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in rd {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() || has_file(&entry.path())? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes `dir` and the empty directories under it; `false` (leaving the
+/// rest) as soon as one is not empty.
+fn remove_empty_tree(dir: &Path) -> Result<bool> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in rd {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() || !remove_empty_tree(&entry.path())? {
+            return Ok(false);
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Digests named `<dir>/<alg>/<hex>` (links, revisions), with metadata.
+fn list_by_algorithm(dir: &Path) -> Result<Vec<(Digest, fs::Metadata)>> {
+    let mut out = Vec::new();
+    for alg in list_dir_names(dir)?.unwrap_or_default() {
+        let sub = dir.join(&alg);
+        for hex in list_dir_names(&sub)?.unwrap_or_default() {
+            let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() else {
+                continue;
+            };
+            match fs::metadata(sub.join(&hex)) {
+                Ok(m) => out.push((digest, m)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn parent_of(path: &Path) -> Result<&Path> {
@@ -205,8 +467,7 @@ impl TempFile {
     /// Renames the (already fsynced) file to `dest` and fsyncs its directory.
     fn persist(mut self, dest: &Path) -> Result<()> {
         let parent = parent_of(dest)?;
-        mkdir_durable(parent)?;
-        fs::rename(&self.path, dest)?;
+        in_directory(parent, || Ok(fs::rename(&self.path, dest)?))?;
         self.persisted = true;
         fsync_dir(parent)
     }
@@ -412,7 +673,11 @@ impl Store for FsStore {
     fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<()> {
         let data = self.upload_data(repo, id)?.ok_or(StoreError::NotFound)?;
         let dest = self.blob_path(digest);
-        if !dest.exists() {
+        // An existing blob is touched: the client's interest protects it
+        // from a collection until the manifest that needs it arrives.
+        if self.blob_touch(digest)?.is_none() {
+            // Its modification time is the last chunk's: make it now.
+            touch_file(&data)?;
             File::open(&data)?.sync_all()?;
             let parent = parent_of(&dest)?;
             mkdir_durable(parent)?;
@@ -465,7 +730,7 @@ impl Store for FsStore {
         referrer: Option<(&Digest, &[u8])>,
     ) -> Result<()> {
         let blob = self.blob_path(digest);
-        if !blob.exists() {
+        if self.blob_touch(digest)?.is_none() {
             self.write_atomic(&blob, &manifest.content)?;
         }
         self.write_atomic(
@@ -473,7 +738,7 @@ impl Store for FsStore {
             manifest.media_type.as_bytes(),
         )?;
         if let Some((subject, descriptor)) = referrer {
-            let name = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
+            let name = entry_name(digest);
             self.write_atomic(&self.referrers_dir(repo, subject).join(name), descriptor)?;
         }
         Ok(())
@@ -519,7 +784,7 @@ impl Store for FsStore {
             }
         }
         if let Some(subject) = subject {
-            let name = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
+            let name = entry_name(digest);
             remove_durable(&self.referrers_dir(repo, subject).join(name))?;
         }
         remove_durable(&revision)
@@ -599,6 +864,235 @@ impl Store for FsStore {
         out.sort();
         Ok(out)
     }
+
+    fn now(&self) -> Result<SystemTime> {
+        // A new file's timestamp: the clock the kernel stamps files with,
+        // which lags the system clock by up to a scheduler tick.
+        let tmp = TempFile::create(&self.tmp_dir())?;
+        Ok(tmp.file.metadata()?.modified()?)
+    }
+
+    fn blob_touch(&self, digest: &Digest) -> Result<Option<u64>> {
+        let (path, trash) = (self.blob_path(digest), self.blob_trash(digest));
+        // A collection may set the blob aside between the touch and the
+        // stat (it then puts it back, having seen the touch): try again.
+        for _ in 0..3 {
+            if !touch_or_rescue(&path, &trash)? {
+                return Ok(None);
+            }
+            match fs::metadata(&path) {
+                Ok(m) => return Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    fn blobs(&self) -> Result<Vec<BlobEntry>> {
+        let dir = self.root.join("blobs");
+        let mut out = Vec::new();
+        for alg in list_dir_names(&dir)?.unwrap_or_default() {
+            for shard in list_dir_names(&dir.join(&alg))?.unwrap_or_default() {
+                let shard_dir = dir.join(&alg).join(&shard);
+                for hex in list_dir_names(&shard_dir)?.unwrap_or_default() {
+                    let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() else {
+                        continue;
+                    };
+                    match fs::metadata(shard_dir.join(&hex)) {
+                        Ok(m) => out.push(BlobEntry {
+                            digest,
+                            size: m.len(),
+                            modified: m.modified()?,
+                        }),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn blob_collect(&self, digest: &Digest, cutoff: SystemTime) -> Result<Option<u64>> {
+        collect_file(&self.blob_path(digest), &self.blob_trash(digest), cutoff)
+    }
+
+    fn blob_links(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let links = list_by_algorithm(&self.repo_dir(repo).join("_layers"))?;
+        Ok(links.into_iter().map(|(d, _)| d).collect())
+    }
+
+    fn blob_link_prune(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (link, blob) = (self.layer_link(repo, digest), self.blob_path(digest));
+        if !link.exists() || blob.exists() || !remove_durable(&link)? {
+            return Ok(false);
+        }
+        // A commit renames the blob into place before it links it: if the
+        // blob is back now, that link may have been the commit's.
+        if blob.exists() {
+            self.touch_durable(&link)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn manifest_touch(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        touch_or_rescue(
+            &self.revision_path(repo, digest),
+            &self.revision_trash(repo, digest),
+        )
+    }
+
+    fn manifest_revisions(&self, repo: &RepoName) -> Result<Vec<RevisionEntry>> {
+        let dir = self.repo_dir(repo).join("_manifests/revisions");
+        list_by_algorithm(&dir)?
+            .into_iter()
+            .map(|(digest, m)| {
+                Ok(RevisionEntry {
+                    digest,
+                    modified: m.modified()?,
+                })
+            })
+            .collect()
+    }
+
+    fn manifest_collect(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        subject: Option<&Digest>,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let (path, trash) = (
+            self.revision_path(repo, digest),
+            self.revision_trash(repo, digest),
+        );
+        if collect_file(&path, &trash, cutoff)?.is_none() {
+            return Ok(false);
+        }
+        // The revision first, then its entry: an entry without its
+        // revision is skipped by readers and pruned by the next collection.
+        if let Some(subject) = subject {
+            self.referrer_entry_prune(repo, subject, digest)?;
+        }
+        Ok(true)
+    }
+
+    fn referrers_prune(&self, repo: &RepoName) -> Result<usize> {
+        let dir = self.repo_dir(repo).join("_referrers");
+        let mut pruned = 0;
+        for alg in list_dir_names(&dir)?.unwrap_or_default() {
+            for subject_hex in list_dir_names(&dir.join(&alg))?.unwrap_or_default() {
+                let Ok(subject) = format!("{alg}:{subject_hex}").parse::<Digest>() else {
+                    continue;
+                };
+                let subject_dir = self.referrers_dir(repo, &subject);
+                for name in list_dir_names(&subject_dir)?.unwrap_or_default() {
+                    if let Some(digest) = parse_entry_name(&name)
+                        && self.referrer_entry_prune(repo, &subject, &digest)?
+                    {
+                        pruned += 1;
+                    }
+                }
+                // Best effort: a referrer stored meanwhile re-creates it.
+                if fs::remove_dir(&subject_dir).is_ok() {
+                    fsync_dir(&dir.join(&alg))?;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    fn repository_prune(&self, repo: &RepoName) -> Result<bool> {
+        let dir = self.repo_dir(repo);
+        // The repository's own directories; nested repositories are the
+        // other subdirectories (their names never start with `_`).
+        const OWN: [&str; 3] = ["_manifests", "_layers", "_referrers"];
+        for sub in OWN {
+            if has_file(&dir.join(sub))? {
+                return Ok(false);
+            }
+        }
+        for sub in OWN {
+            // A write that lands meanwhile makes a directory non-empty and
+            // stops the removal; one that finds its directory gone makes
+            // it again (see `in_directory`).
+            if !remove_empty_tree(&dir.join(sub))? {
+                return Ok(false);
+            }
+        }
+        // The repository's directory and the parents it leaves empty.
+        let top = self.root.join("repositories");
+        let mut current = dir;
+        while current != top {
+            let Ok(()) = fs::remove_dir(&current) else {
+                break;
+            };
+            let parent = parent_of(&current)?.to_owned();
+            fsync_dir(&parent)?;
+            current = parent;
+        }
+        Ok(true)
+    }
+
+    fn pin(&self, record: &[u8]) -> Result<PinId> {
+        let id = PinId::new_random();
+        let path = self.pins_dir().join(id.as_str());
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(record));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    fn unpin(&self, id: &PinId) -> Result<()> {
+        match fs::remove_file(self.pins_dir().join(id.as_str())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn pins(&self) -> Result<Vec<Vec<u8>>> {
+        let dir = self.pins_dir();
+        let mut out = Vec::new();
+        for name in list_dir_names(&dir)?.unwrap_or_default() {
+            if let Some(record) = read_opt(&dir.join(name))? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn gc_recover(&self) -> Result<usize> {
+        let mut recovered = 0;
+        let trash = self.root.join("trash");
+        for name in list_dir_names(&trash)?.unwrap_or_default() {
+            if let Some(digest) = parse_entry_name(&name) {
+                put_back(&trash.join(&name), &self.blob_path(&digest))?;
+                recovered += 1;
+            }
+        }
+        for repo in self.repositories()? {
+            let Ok(repo) = RepoName::parse(&repo) else {
+                continue;
+            };
+            let dir = self.repo_dir(&repo).join("_manifests/trash");
+            for (digest, _) in list_by_algorithm(&dir)? {
+                put_back(
+                    &self.revision_trash(&repo, &digest),
+                    &self.revision_path(&repo, &digest),
+                )?;
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
+    }
 }
 
 #[cfg(test)]
@@ -655,6 +1149,132 @@ mod tests {
             store.upload_info(&repo, &id).unwrap().is_some(),
             "uploads survive a restart"
         );
+    }
+
+    fn put(store: &FsStore, repo: &RepoName, data: &[u8]) -> Digest {
+        let id = store.upload_create(repo).unwrap();
+        let mut w = store.upload_append(repo, &id, 0).unwrap();
+        w.write_all(data).unwrap();
+        w.commit().unwrap();
+        let d = Digest::sha256(data);
+        store.upload_commit(repo, &id, &d).unwrap();
+        d
+    }
+
+    /// Sets a file's modification time `secs` seconds back.
+    fn age(path: &Path, secs: u64) {
+        let t = SystemTime::now() - Duration::from_secs(secs);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    /// What a collection interrupted after setting objects aside leaves:
+    /// a client's interest takes them back, and so does the next
+    /// collection.
+    #[test]
+    fn set_aside_objects_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo = RepoName::parse("r").unwrap();
+        let (a, b) = (put(&store, &repo, b"a"), put(&store, &repo, b"b"));
+        let m = StoredManifest {
+            media_type: "t".into(),
+            content: b"m".to_vec(),
+        };
+        let md = Digest::sha256(b"m");
+        store.manifest_put(&repo, &md, &m, None).unwrap();
+        let set_aside = |from: PathBuf, to: PathBuf| {
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::rename(from, to).unwrap();
+        };
+        set_aside(store.blob_path(&a), store.blob_trash(&a));
+        set_aside(store.blob_path(&b), store.blob_trash(&b));
+        set_aside(
+            store.revision_path(&repo, &md),
+            store.revision_trash(&repo, &md),
+        );
+        assert_eq!(store.blob_size(&a).unwrap(), None);
+        assert!(!store.manifest_exists(&repo, &md).unwrap());
+        // Interest takes `a` back.
+        assert_eq!(store.blob_touch(&a).unwrap(), Some(1));
+        assert!(!store.blob_trash(&a).exists());
+        // A server restart leaves the trash to the collector.
+        drop(store);
+        let store = FsStore::open(dir.path()).unwrap();
+        assert_eq!(store.gc_recover().unwrap(), 2);
+        assert_eq!(store.blob_size(&b).unwrap(), Some(1));
+        assert!(store.manifest_exists(&repo, &md).unwrap());
+        assert_eq!(store.gc_recover().unwrap(), 0);
+    }
+
+    #[test]
+    fn stale_referrers_entries_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo = RepoName::parse("r").unwrap();
+        let subject = Digest::sha256(b"s");
+        let (d1, d2) = (Digest::sha256(b"1"), Digest::sha256(b"2"));
+        for (d, c) in [(&d1, b"1"), (&d2, b"2")] {
+            let m = StoredManifest {
+                media_type: "t".into(),
+                content: c.to_vec(),
+            };
+            store
+                .manifest_put(&repo, d, &m, Some((&subject, b"{}")))
+                .unwrap();
+        }
+        // A collection interrupted between a revision and its entry.
+        fs::remove_file(store.revision_path(&repo, &d1)).unwrap();
+        assert_eq!(store.referrers(&repo, &subject).unwrap().len(), 2);
+        assert_eq!(store.referrers_prune(&repo).unwrap(), 1);
+        assert_eq!(store.referrers(&repo, &subject).unwrap().len(), 1);
+        assert_eq!(store.referrers_prune(&repo).unwrap(), 0);
+    }
+
+    /// A touch racing with a collection of the same old blob: exactly one
+    /// of them wins, and the blob exists afterwards if and only if the
+    /// touch did.
+    #[test]
+    fn touch_and_collect_never_both_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FsStore::open(dir.path()).unwrap());
+        let repo = RepoName::parse("r").unwrap();
+        let (mut touched, mut collected) = (0, 0);
+        for i in 0..300u32 {
+            let d = put(&store, &repo, &i.to_le_bytes());
+            age(&store.blob_path(&d), 7200);
+            let cutoff = SystemTime::now() - Duration::from_secs(3600);
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let (s, b, d2) = (store.clone(), barrier.clone(), d.clone());
+            // The touch lands anywhere from before the collection's first
+            // look to after its unlink.
+            let delay = Duration::from_micros(u64::from(i % 30) * 20);
+            let toucher = std::thread::spawn(move || {
+                b.wait();
+                let t = std::time::Instant::now();
+                while t.elapsed() < delay {
+                    std::hint::spin_loop();
+                }
+                s.blob_touch(&d2).unwrap()
+            });
+            barrier.wait();
+            let removed = store.blob_collect(&d, cutoff).unwrap();
+            let touch = toucher.join().unwrap();
+            assert!(
+                touch.is_some() != removed.is_some(),
+                "round {i}: touch {touch:?}, collect {removed:?}"
+            );
+            assert_eq!(store.blob_size(&d).unwrap().is_some(), touch.is_some());
+            assert!(!store.blob_trash(&d).exists());
+            touched += usize::from(touch.is_some());
+            collected += usize::from(removed.is_some());
+        }
+        eprintln!("touch won {touched} times, collection {collected}");
+        assert_eq!(touched + collected, 300);
     }
 
     #[test]

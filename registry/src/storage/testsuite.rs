@@ -27,6 +27,182 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
     stale_uploads_are_purged(&*make());
     manifests_tags_and_referrers(&*make());
     catalog_lists_nested_repositories(&*make());
+    blob_interest_and_collection(&*make());
+    manifest_interest_and_collection(&*make());
+    empty_repositories_are_pruned(&*make());
+    pins_are_listed_until_removed(&*make());
+}
+
+/// Long enough for the store's clock to move past what was just stored
+/// (file timestamps advance a scheduler tick at a time).
+fn tick() {
+    std::thread::sleep(Duration::from_millis(30));
+}
+
+fn modified(s: &dyn Store, d: &Digest) -> std::time::SystemTime {
+    s.blobs()
+        .unwrap()
+        .into_iter()
+        .find(|b| &b.digest == d)
+        .map(|b| b.modified)
+        .unwrap()
+}
+
+fn blob_interest_and_collection(s: &dyn Store) {
+    let r = repo("gc/blobs");
+    let before = s.now().unwrap();
+    let (old, touched, again) = (
+        put_blob(s, &r, b"old"),
+        put_blob(s, &r, b"touched"),
+        put_blob(s, &r, b"again"),
+    );
+    let mut listed: Vec<(Digest, u64)> = s
+        .blobs()
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.digest, b.size))
+        .collect();
+    listed.sort();
+    let mut want = vec![(old.clone(), 3), (touched.clone(), 7), (again.clone(), 5)];
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(modified(s, &old) >= before, "stamped in the store's clock");
+    tick();
+    let cutoff = s.now().unwrap();
+    assert!(modified(s, &old) < cutoff);
+
+    // Interest refreshes the time; the collection then keeps the blob.
+    assert_eq!(s.blob_touch(&touched).unwrap(), Some(7));
+    assert!(modified(s, &touched) >= cutoff);
+    assert_eq!(s.blob_collect(&touched, cutoff).unwrap(), None);
+    assert_eq!(s.blob_size(&touched).unwrap(), Some(7));
+    // Committing content that exists is interest too.
+    assert_eq!(put_blob(s, &r, b"again"), again);
+    assert!(modified(s, &again) >= cutoff);
+    assert_eq!(s.blob_collect(&again, cutoff).unwrap(), None);
+
+    // An untouched old blob goes; touching it then finds nothing.
+    assert_eq!(s.blob_collect(&old, cutoff).unwrap(), Some(3));
+    assert_eq!(s.blob_size(&old).unwrap(), None);
+    assert_eq!(s.blob_touch(&old).unwrap(), None);
+    assert_eq!(s.blob_collect(&old, cutoff).unwrap(), None);
+
+    // Links: only those of missing blobs are pruned.
+    let mut links = s.blob_links(&r).unwrap();
+    links.sort();
+    let mut want = vec![old.clone(), touched.clone(), again.clone()];
+    want.sort();
+    assert_eq!(links, want);
+    assert!(!s.blob_link_prune(&r, &touched).unwrap());
+    assert!(s.blob_link_prune(&r, &old).unwrap());
+    assert!(!s.blob_link_prune(&r, &old).unwrap());
+    assert!(!s.blob_linked(&r, &old).unwrap());
+    assert!(s.blob_linked(&r, &touched).unwrap());
+    // Pushing the content again brings blob and link back.
+    assert_eq!(put_blob(s, &r, b"old"), old);
+    assert!(s.blob_linked(&r, &old).unwrap());
+    assert_eq!(s.gc_recover().unwrap(), 0);
+}
+
+fn manifest_interest_and_collection(s: &dyn Store) {
+    let r = repo("gc/manifests");
+    let subject = Digest::sha256(b"the subject");
+    let put = |content: &[u8], with_subject: bool| {
+        let d = Digest::sha256(content);
+        let m = StoredManifest {
+            media_type: "application/x-test".into(),
+            content: content.to_vec(),
+        };
+        let entry = format!("{{\"digest\":\"{d}\"}}");
+        let referrer = with_subject.then_some((&subject, entry.as_bytes()));
+        s.manifest_put(&r, &d, &m, referrer).unwrap();
+        d
+    };
+    let (referrer, kept) = (put(b"referrer", true), put(b"kept", false));
+    let mut listed: Vec<Digest> = s
+        .manifest_revisions(&r)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.digest)
+        .collect();
+    listed.sort();
+    let mut want = vec![referrer.clone(), kept.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(s.manifest_revisions(&repo("gc/none")).unwrap().is_empty());
+    tick();
+    let cutoff = s.now().unwrap();
+    assert!(s.manifest_touch(&r, &kept).unwrap());
+    assert!(!s.manifest_touch(&r, &Digest::sha256(b"never")).unwrap());
+    assert!(!s.manifest_collect(&r, &kept, None, cutoff).unwrap());
+    assert!(s.manifest_exists(&r, &kept).unwrap());
+
+    assert_eq!(s.referrers(&r, &subject).unwrap().len(), 1);
+    assert!(
+        s.manifest_collect(&r, &referrer, Some(&subject), cutoff)
+            .unwrap()
+    );
+    assert!(!s.manifest_exists(&r, &referrer).unwrap());
+    assert!(
+        s.referrers(&r, &subject).unwrap().is_empty(),
+        "its referrers entry went too"
+    );
+    assert!(
+        !s.manifest_collect(&r, &referrer, Some(&subject), cutoff)
+            .unwrap()
+    );
+    assert_eq!(s.referrers_prune(&r).unwrap(), 0);
+    // The content blob is the blob phase's business.
+    assert!(s.blob_size(&referrer).unwrap().is_some());
+}
+
+fn empty_repositories_are_pruned(s: &dyn Store) {
+    let (parent, child, other) = (repo("p"), repo("p/q"), repo("p/r"));
+    let d = put_blob(s, &parent, b"p");
+    put_blob(s, &child, b"q");
+    let content = br#"{"m":1}"#;
+    let md = Digest::sha256(content);
+    let m = StoredManifest {
+        media_type: "application/x-test".into(),
+        content: content.to_vec(),
+    };
+    s.manifest_put(&other, &md, &m, None).unwrap();
+    let tag = Tag::parse("t").unwrap();
+    s.tag_set(&other, &tag, &md).unwrap();
+    for r in [&parent, &child, &other] {
+        assert!(!s.repository_prune(r).unwrap(), "{r} holds something");
+    }
+    assert!(s.blob_unlink(&parent, &d).unwrap());
+    assert!(s.repository_prune(&parent).unwrap());
+    assert_eq!(s.repositories().unwrap(), vec!["p/q", "p/r"]);
+    assert!(s.tags_list(&parent).unwrap().is_none());
+    // A tag alone keeps a repository; so does a revision alone.
+    assert!(s.tag_delete(&other, &tag).unwrap());
+    assert!(!s.repository_prune(&other).unwrap());
+    assert!(s.manifest_delete(&other, &md, None).unwrap());
+    assert!(s.repository_prune(&other).unwrap());
+    assert_eq!(s.repositories().unwrap(), vec!["p/q"]);
+    // A pruned repository can be written again.
+    s.blob_link(&parent, &d).unwrap();
+    s.manifest_put(&other, &md, &m, None).unwrap();
+    s.tag_set(&other, &tag, &md).unwrap();
+    assert_eq!(s.repositories().unwrap(), vec!["p", "p/q", "p/r"]);
+    assert_eq!(s.tag_get(&other, &tag).unwrap(), Some(md));
+}
+
+fn pins_are_listed_until_removed(s: &dyn Store) {
+    assert!(s.pins().unwrap().is_empty());
+    let a = s.pin(b"a").unwrap();
+    let b = s.pin(b"b").unwrap();
+    assert_ne!(a, b);
+    let mut pins = s.pins().unwrap();
+    pins.sort();
+    assert_eq!(pins, vec![b"a".to_vec(), b"b".to_vec()]);
+    s.unpin(&a).unwrap();
+    s.unpin(&a).unwrap();
+    assert_eq!(s.pins().unwrap(), vec![b"b".to_vec()]);
+    s.unpin(&b).unwrap();
+    assert!(s.pins().unwrap().is_empty());
 }
 
 fn blobs_are_shared_and_linked_per_repository(s: &dyn Store) {
