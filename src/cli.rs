@@ -58,6 +58,10 @@ enum Command {
     /// with your OpenStack credentials (OS_CLOUD or OS_*), and print the
     /// Kubernetes Secret (or write the Docker config.json) that uses it.
     PullSecret(Box<crate::pull_secret::PullSecretArgs>),
+    /// Remove what no tag reaches (blobs, links, empty repositories;
+    /// untagged manifests with --delete-untagged) while the registry
+    /// serves; --dry-run to see what would go.
+    Gc(Box<crate::gc::GcArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,6 +335,7 @@ impl Cli {
             Command::Config { command } => config_command(command),
             Command::Users { command } => crate::users::run(command),
             Command::PullSecret(args) => crate::pull_secret::run(*args).await,
+            Command::Gc(args) => crate::gc::run(*args).await,
         }
     }
 }

@@ -123,6 +123,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     ("registry", "The registry service (OCI Distribution API)."),
     (
+        "gc",
+        "Garbage collection of what no tag reaches: scheduled inside `berth serve` and `berth registry serve`, and the defaults of `berth gc`. See docs/storage.md.",
+    ),
+    (
         "token",
         "The token contract between the token service and the registry.",
     ),
@@ -204,6 +208,27 @@ pub const KEYS: &[Key] = &[
         Kind::Secs,
         Some("86400"),
         "Upload sessions idle this long are removed."
+    ),
+    key!(
+        "gc",
+        "interval",
+        Kind::Secs,
+        Some("0"),
+        "Run a garbage collection in the serving process every this many seconds; 0: never (run `berth gc` instead)."
+    ),
+    key!(
+        "gc",
+        "grace",
+        Kind::Secs,
+        Some("3600"),
+        "Keep unreachable content stored or used (checked, pulled, mounted) within this many seconds: longer than the slowest push takes between uploading a blob and pushing the manifest that needs it."
+    ),
+    key!(
+        "gc",
+        "delete_untagged",
+        Kind::Bool,
+        Some("false"),
+        "Also remove manifests no tag reaches (never a child of a tagged index or a referrer of a reachable manifest)."
     ),
     key!(
         "token",
@@ -940,6 +965,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: Tls,
     pub registry: Registry,
+    pub gc: Gc,
     pub token: Token,
     pub identity: Identity,
     pub keystone: Keystone,
@@ -976,6 +1002,15 @@ pub struct Registry {
     pub auth: AuthMode,
     pub max_manifest_size: usize,
     pub upload_max_age: u64,
+}
+
+/// `[gc]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gc {
+    pub interval: u64,
+    pub grace: u64,
+    pub delete_untagged: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -1269,6 +1304,25 @@ mod tests {
         let w = load(&s).unwrap().warnings;
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("BERTH_REGISTY_LISTEN"));
+    }
+
+    #[test]
+    fn garbage_collection_is_off_by_default() {
+        let (s, _d) = sources(None, &[]);
+        let c = load(&s).unwrap().config;
+        assert_eq!(
+            (c.gc.interval, c.gc.grace, c.gc.delete_untagged),
+            (0, 3600, false)
+        );
+        let (s, _d) = sources(
+            Some("[gc]\ninterval = 600\ndelete_untagged = true\n"),
+            &[("BERTH_GC_GRACE", "60")],
+        );
+        let c = load(&s).unwrap().config;
+        assert_eq!(
+            (c.gc.interval, c.gc.grace, c.gc.delete_untagged),
+            (600, 60, true)
+        );
     }
 
     #[test]

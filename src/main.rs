@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod gc;
 mod identity;
 mod pull_secret;
 mod serve;

@@ -42,6 +42,7 @@ pub async fn all(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %registry_addr, data_dir = %cfg.data_dir.display(), "registry listening");
 
     tokio::spawn(janitor(registry.clone()));
+    crate::gc::schedule(&cfg, &registry);
     let shutdown = Shutdown::on_signals();
     let server = tls.map(|t| t.server);
     tokio::try_join!(
@@ -80,6 +81,7 @@ pub async fn registry_alone(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "registry listening");
 
     tokio::spawn(janitor(registry.clone()));
+    crate::gc::schedule(&cfg, &registry);
     let shutdown = Shutdown::on_signals();
     serve_router(
         listener,
