@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Loaded, Sources};
+use crate::exit::{Exit, ExitKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -141,11 +142,29 @@ pub enum AuthFlag {
     None,
 }
 
+/// The flags every server has.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Write the process id to this file once serving or standing by
+    /// (`server.pid_file`); removed on a clean exit.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn apply(&self, s: &mut Sources) {
+        let path = self.pid_file.as_ref().map(|p| p.display().to_string());
+        opt(s, "server.pid_file", "--pid-file", &path);
+    }
+}
+
 /// `berth serve`
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// HTTPS (`on`, the default) or plain HTTP (`off`) for both services (`tls.mode`).
     #[arg(long, value_enum)]
     pub tls: Option<OnOff>,
@@ -171,6 +190,8 @@ pub struct ServeArgs {
 pub struct RegistryServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// `tls.mode`
     #[arg(long, value_enum)]
     pub tls: Option<OnOff>,
@@ -202,6 +223,8 @@ pub struct RegistryServeArgs {
 pub struct IdentityServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// `tls.mode`
     #[arg(long, value_enum)]
     pub tls: Option<OnOff>,
@@ -252,6 +275,7 @@ fn opt<T: ToString>(s: &mut Sources, key: &str, flag: &str, v: &Option<T>) {
 impl ServeArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
         let mut s = self.config.sources();
+        self.server.apply(&mut s);
         opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         opt(&mut s, "tls.cert_file", "--tls-cert", &path(&self.tls_cert));
@@ -276,6 +300,7 @@ impl ServeArgs {
 impl RegistryServeArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
         let mut s = self.config.sources();
+        self.server.apply(&mut s);
         opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
         opt(&mut s, "registry.listen", "--listen", &self.listen);
         let auth = self.auth.map(|a| match a {
@@ -309,6 +334,7 @@ impl RegistryServeArgs {
 impl IdentityServeArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
         let mut s = self.config.sources();
+        self.server.apply(&mut s);
         opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
         opt(&mut s, "identity.listen", "--listen", &self.listen);
         opt(&mut s, "keystone.url", "--keystone-url", &self.keystone_url);
@@ -319,13 +345,17 @@ impl IdentityServeArgs {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Serve(args) => crate::serve::all(args.load()?.config).await,
+            // The servers' errors carry exit statuses a service manager
+            // can act on (crate::exit).
+            Command::Serve(args) => {
+                crate::serve::all(args.load().exit_with(Exit::Config)?.config).await
+            }
             Command::Registry {
                 command: RegistryCommand::Serve(args),
-            } => crate::serve::registry_alone(args.load()?.config).await,
+            } => crate::serve::registry_alone(args.load().exit_with(Exit::Config)?.config).await,
             Command::Identity {
                 command: IdentityCommand::Serve(args),
-            } => crate::identity::serve_alone(args.load()?.config).await,
+            } => crate::identity::serve_alone(args.load().exit_with(Exit::Config)?.config).await,
             Command::Keys {
                 command: KeysCommand::Rotate(args),
             } => crate::identity::rotate(&args.load()?.config),

@@ -139,6 +139,10 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "local",
         "The embedded users file, used when no Keystone is configured.",
     ),
+    (
+        "server",
+        "The serving process (`berth serve`, `berth registry serve`, `berth identity serve`): pid file and shutdown. See [Standby and takeover](#standby-and-takeover).",
+    ),
 ];
 
 /// Every configuration key.
@@ -453,6 +457,20 @@ pub const KEYS: &[Key] = &[
         Kind::Secs,
         Some("60"),
         "How long a successful password check is reused (stored as a keyed hash only)."
+    ),
+    key!(
+        "server",
+        "pid_file",
+        Kind::Path,
+        None,
+        "Write the process id here once serving or standing by (atomically); removed on a clean exit. Not inside `data_dir`. Unset: no pid file."
+    ),
+    key!(
+        "server",
+        "shutdown_grace",
+        Kind::Secs,
+        Some("30"),
+        "On SIGTERM or SIGINT: how long requests in flight may take to finish before the process exits anyway."
     ),
 ];
 
@@ -921,6 +939,15 @@ fn check(
         }
         Backend::Local | Backend::Auto => {}
     }
+    if let Some(pid_file) = &c.server.pid_file
+        && pid_file.starts_with(&c.data_dir)
+    {
+        problems.push(format!(
+            "server.pid_file{}: {} is inside data_dir: a standby must not write there",
+            from("server.pid_file"),
+            pid_file.display()
+        ));
+    }
     for (key, path) in [
         ("tls.cert_file", c.tls.cert_file.as_ref()),
         ("tls.key_file", c.tls.key_file.as_ref()),
@@ -970,6 +997,7 @@ pub struct Config {
     pub identity: Identity,
     pub keystone: Keystone,
     pub local: Local,
+    pub server: Server,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -1077,6 +1105,13 @@ pub struct Keystone {
 pub struct Local {
     pub users_file: Option<PathBuf>,
     pub cache_ttl: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub pid_file: Option<PathBuf>,
+    pub shutdown_grace: u64,
 }
 
 impl Config {
@@ -1263,6 +1298,36 @@ mod tests {
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn server_keys_and_the_pid_file_outside_the_data_directory() {
+        let (s, _d) = sources(None, &[]);
+        let c = load(&s).unwrap().config;
+        assert_eq!(c.server.shutdown_grace, 30);
+        assert_eq!(c.server.pid_file, None);
+        let (s, _d) = sources(
+            None,
+            &[
+                ("BERTH_SERVER_PID_FILE", "/run/berth/berth.pid"),
+                ("BERTH_SERVER_SHUTDOWN_GRACE", "5"),
+            ],
+        );
+        let c = load(&s).unwrap().config;
+        assert_eq!(
+            c.server.pid_file,
+            Some(PathBuf::from("/run/berth/berth.pid"))
+        );
+        assert_eq!(c.server.shutdown_grace, 5);
+        let (s, _d) = sources(
+            None,
+            &[
+                ("BERTH_DATA_DIR", "/srv/berth"),
+                ("BERTH_SERVER_PID_FILE", "/srv/berth/berth.pid"),
+            ],
+        );
+        let all = load(&s).unwrap_err().0.join("\n");
+        assert!(all.contains("server.pid_file"), "{all}");
     }
 
     #[test]

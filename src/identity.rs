@@ -2,6 +2,7 @@
 //! Keystone or the local users file behind it), `berth identity serve`, and
 //! the `berth keys` commands. The logic lives in `berth-identity`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,11 +10,14 @@ use std::time::{Duration, SystemTime};
 use std::os::unix::fs::DirBuilderExt;
 
 use anyhow::Context;
+use berth_identity::authn::local::{self, DummyHash, LocalError, LocalOptions, LocalUsers};
 use berth_identity::backend::Backend;
 use berth_identity::http::TokenService;
 use berth_identity::keys::{Algorithm, KeyOptions, KeyStore};
 
 use crate::config::{self, Config};
+use crate::exit::{Exit, ExitKind};
+use crate::standby::{Active, Listen};
 
 /// `<data-dir>/identity/keys`
 pub fn keys_dir(data_dir: &Path) -> PathBuf {
@@ -69,16 +73,36 @@ pub fn export_bundle(cfg: &Config, out: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the token service makes before it holds the data directory (none of
+/// it writes): the local backend's dummy password hash, a quarter of a
+/// second of bcrypt that a standby spends while it waits rather than when
+/// it takes over.
+pub struct Prepared {
+    dummy: Option<tokio::task::JoinHandle<Result<DummyHash, LocalError>>>,
+}
+
+/// Starts making what [`Prepared`] holds, on the blocking pool.
+pub fn prepare(cfg: &Config) -> Prepared {
+    let dummy = (cfg.identity_backend() != config::Backend::Keystone).then(|| {
+        let cost = LocalOptions::default().bcrypt_cost;
+        tokio::task::spawn_blocking(move || DummyHash::new(cost))
+    });
+    Prepared { dummy }
+}
+
 /// The token service of `cfg` and its signing keys (which the all-in-one
 /// registry trusts directly).
-pub async fn token_service(cfg: &Config) -> anyhow::Result<(Arc<TokenService>, Arc<KeyStore>)> {
+pub async fn token_service(
+    cfg: &Config,
+    prepared: Prepared,
+) -> anyhow::Result<(Arc<TokenService>, Arc<KeyStore>)> {
     use berth_identity::audit::AuditLog;
     use berth_identity::policy::PolicyConfig;
     use berth_identity::ratelimit::{RateLimitConfig, RateLimiter};
     use berth_identity::refresh::RefreshStore;
     use berth_identity::token::TokenIssuer;
 
-    let backend = backend(cfg).await?;
+    let backend = backend(cfg, prepared).await?;
     let keys = open_keys(cfg)?;
     let issuer = TokenIssuer::new(
         keys.clone(),
@@ -94,7 +118,8 @@ pub async fn token_service(cfg: &Config) -> anyhow::Result<(Arc<TokenService>, A
     .with_context(|| format!("cannot open {}", refresh_dir.display()))?;
     let audit = match &cfg.identity.audit_log {
         Some(path) => AuditLog::open(path)
-            .with_context(|| format!("cannot open the audit log {}", path.display()))?,
+            .with_context(|| format!("cannot open the audit log {}", path.display()))
+            .exit_with(Exit::CantCreate)?,
         None => AuditLog::tracing(),
     };
     let service = Arc::new(TokenService {
@@ -120,10 +145,10 @@ pub async fn token_service(cfg: &Config) -> anyhow::Result<(Arc<TokenService>, A
 
 /// Keystone when configured, else the local users file (created with an
 /// `admin` account on first start).
-async fn backend(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+async fn backend(cfg: &Config, prepared: Prepared) -> anyhow::Result<Arc<dyn Backend>> {
     match cfg.identity_backend() {
-        config::Backend::Keystone => keystone(cfg),
-        _ => local(cfg).await,
+        config::Backend::Keystone => keystone(cfg).exit_with(Exit::Config),
+        _ => local(cfg, prepared).await,
     }
 }
 
@@ -170,8 +195,7 @@ fn keystone(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(Arc::new(keystone))
 }
 
-async fn local(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
-    use berth_identity::authn::local::{self, LocalOptions, LocalUsers};
+async fn local(cfg: &Config, prepared: Prepared) -> anyhow::Result<Arc<dyn Backend>> {
     let users_file = cfg.users_file();
     let password_file = cfg.admin_password_file();
     let options = LocalOptions {
@@ -200,30 +224,54 @@ async fn local(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
             "created the local user `admin`; its password is in the password file (readable by this account only)"
         );
     }
-    let users = LocalUsers::open(&users_file, options)
-        .with_context(|| format!("cannot read the users file {}", users_file.display()))?;
+    let users = match prepared.dummy {
+        Some(made) => match made.await {
+            Ok(Ok(dummy)) => LocalUsers::open_with(&users_file, options, dummy),
+            Ok(Err(e)) => Err(e),
+            Err(e) => return Err(e).context("making the dummy password hash"),
+        },
+        None => LocalUsers::open(&users_file, options),
+    }
+    .with_context(|| format!("cannot read the users file {}", users_file.display()))?;
     tracing::info!(users_file = %users_file.display(), "identity backend: local users file");
     Ok(Arc::new(users))
 }
 
 /// `berth identity serve`
 pub async fn serve_alone(cfg: Config) -> anyhow::Result<()> {
-    let tls = crate::serve::tls_setup(&cfg)?;
-    let (service, _keys) = token_service(&cfg).await?;
-    let listener = crate::serve::bind(cfg.identity.listen).await?;
-    let addr = listener.local_addr()?;
-    if let Some(tls) = &tls {
-        tls.announce(&cfg, &[addr.port()]);
-    }
-    tracing::info!(%addr, service = %cfg.token.service, issuer = %cfg.token.issuer, "token service listening");
-    let shutdown = crate::serve::Shutdown::on_signals();
-    crate::serve::serve_router(
-        listener,
-        tls.map(|t| t.server),
-        berth_identity::http::router(service),
-        shutdown.wait(),
-    )
-    .await?;
-    tracing::info!("token service stopped");
-    Ok(())
+    let prepared = prepare(&cfg);
+    let listen = [Listen {
+        name: "token service",
+        addr: cfg.identity.listen,
+    }];
+    crate::standby::run(&cfg, "berth identity serve", &listen, |addrs| {
+        activate_alone(&cfg, addrs, prepared)
+    })
+    .await
+}
+
+/// `berth identity serve` once it holds the data directory.
+async fn activate_alone(
+    cfg: &Config,
+    addrs: Vec<SocketAddr>,
+    prepared: Prepared,
+) -> anyhow::Result<Active> {
+    let [addr] = addrs[..] else {
+        anyhow::bail!("internal: one listener expected");
+    };
+    let tls = crate::serve::tls_setup(cfg)?;
+    let (service, _keys) = token_service(cfg, prepared).await.exit_with(Exit::Io)?;
+    let certificate = tls.as_ref().map(|t| t.certificate.clone());
+    let cfg = cfg.clone();
+    let announce = move || {
+        if let Some(tls) = &tls {
+            tls.announce(&cfg, &[addr.port()]);
+        }
+        tracing::info!(%addr, service = %cfg.token.service, issuer = %cfg.token.issuer, "token service listening");
+    };
+    Ok(Active {
+        routers: vec![berth_identity::http::router(service)],
+        certificate,
+        announce: Box::new(announce),
+    })
 }

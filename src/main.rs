@@ -6,10 +6,13 @@
 
 mod cli;
 mod config;
+mod exit;
 mod gc;
 mod identity;
+mod pidfile;
 mod pull_secret;
 mod serve;
+mod standby;
 mod tls;
 mod users;
 
@@ -26,10 +29,15 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return std::process::ExitCode::from(exit::Exit::Internal.code());
         }
     };
-    match runtime.block_on(cli.run()) {
+    let result = runtime.block_on(cli.run());
+    // A server that stopped after its shutdown grace may leave blocking
+    // work behind; the process exits anyway (which is what a kill does too:
+    // every write is crash-safe).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Once: in the JSON log for machines, else as a plain line.
@@ -37,7 +45,7 @@ fn main() -> std::process::ExitCode {
                 cli::LogFormat::Json => tracing::error!("{e:#}"),
                 cli::LogFormat::Text => eprintln!("berth: {e:#}"),
             }
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit::status(&e))
         }
     }
 }

@@ -1,8 +1,11 @@
-//! Runs the services: binds sockets, sets up TLS, opens the store, starts
-//! background housekeeping and shuts down cleanly on SIGTERM or SIGINT.
-//! `berth serve` runs the registry and the token service in one process;
-//! `berth registry serve` runs the registry alone.
+//! Runs the services: sets up TLS, opens the store, starts background
+//! housekeeping, and serves; [`crate::standby::run`] binds the sockets,
+//! holds the data directory's lock (standing by while another instance
+//! holds it) and shuts down cleanly on SIGTERM or SIGINT. `berth serve`
+//! runs the registry and the token service in one process; `berth registry
+//! serve` runs the registry alone.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
 use berth_identity::keys::KeyStore;
 use berth_registry::auth::{KeySet, Verifier};
 use berth_registry::storage::FsStore;
@@ -18,87 +22,123 @@ use berth_registry::{KeyRefetch, Realm, Registry, RegistryConfig, TokenAuth};
 use tokio::net::TcpListener;
 
 use crate::config::{AuthMode, Config, TlsMode};
+use crate::exit::{Exit, ExitKind};
+use crate::standby::{self, Active, Listen};
 use crate::tls;
 
 /// `berth serve`: the registry and the token service, one process.
 pub async fn all(cfg: Config) -> anyhow::Result<()> {
-    let tls = tls_setup(&cfg)?;
-    let (service, keys) = crate::identity::token_service(&cfg).await?;
-    let registry = open_registry(&cfg).await?;
-    let registry_listener = bind(cfg.registry.listen).await?;
-    let identity_listener = bind(cfg.identity.listen).await?;
-    let registry_addr = registry_listener.local_addr()?;
-    let identity_addr = identity_listener.local_addr()?;
+    let prepared = crate::identity::prepare(&cfg);
+    // The registry last: its line in the log says the process is up.
+    let listen = [
+        Listen {
+            name: "token service",
+            addr: cfg.identity.listen,
+        },
+        Listen {
+            name: "registry",
+            addr: cfg.registry.listen,
+        },
+    ];
+    standby::run(&cfg, "berth serve", &listen, |addrs| {
+        activate_all(&cfg, addrs, prepared)
+    })
+    .await
+}
 
+/// `berth serve` once it holds the data directory.
+async fn activate_all(
+    cfg: &Config,
+    addrs: Vec<SocketAddr>,
+    prepared: crate::identity::Prepared,
+) -> anyhow::Result<Active> {
+    let [identity_addr, registry_addr] = addrs[..] else {
+        anyhow::bail!("internal: two listeners expected");
+    };
+    let tls = tls_setup(cfg)?;
+    let (service, keys) = crate::identity::token_service(cfg, prepared)
+        .await
+        .exit_with(Exit::Io)?;
+    let registry = open_registry(cfg).await?;
     let auth = match cfg.registry.auth {
         AuthMode::None => None,
-        AuthMode::Token => Some(in_process_auth(&cfg, keys, identity_addr.port())?),
+        AuthMode::Token => {
+            Some(in_process_auth(cfg, keys, identity_addr.port()).exit_with(Exit::Io)?)
+        }
     };
-    announce_auth(&cfg, registry_addr, auth.as_deref());
-    if let Some(tls) = &tls {
-        tls.announce(&cfg, &[registry_addr.port(), identity_addr.port()]);
-    }
-    tracing::info!(addr = %identity_addr, service = %cfg.token.service, issuer = %cfg.token.issuer, "token service listening");
-    tracing::info!(addr = %registry_addr, data_dir = %cfg.data_dir.display(), "registry listening");
-
     tokio::spawn(janitor(registry.clone()));
-    crate::gc::schedule(&cfg, &registry);
-    let shutdown = Shutdown::on_signals();
-    let server = tls.map(|t| t.server);
-    tokio::try_join!(
-        serve_router(
-            registry_listener,
-            server.clone(),
-            berth_registry::router_with_auth(registry, auth),
-            shutdown.wait(),
-        ),
-        serve_router(
-            identity_listener,
-            server,
-            berth_identity::http::router(service),
-            shutdown.wait(),
-        ),
-    )?;
-    tracing::info!("stopped");
-    Ok(())
+    crate::gc::schedule(cfg, &registry);
+    let routers = vec![
+        berth_identity::http::router(service),
+        berth_registry::router_with_auth(registry, auth.clone()),
+    ];
+    let certificate = tls.as_ref().map(|t| t.certificate.clone());
+    let cfg = cfg.clone();
+    let announce = move || {
+        announce_auth(&cfg, registry_addr, auth.as_deref());
+        if let Some(tls) = &tls {
+            tls.announce(&cfg, &[registry_addr.port(), identity_addr.port()]);
+        }
+        tracing::info!(addr = %identity_addr, service = %cfg.token.service, issuer = %cfg.token.issuer, "token service listening");
+        tracing::info!(addr = %registry_addr, data_dir = %cfg.data_dir.display(), "registry listening");
+    };
+    Ok(Active {
+        routers,
+        certificate,
+        announce: Box::new(announce),
+    })
 }
 
 /// `berth registry serve`: the registry alone; with `registry.auth =
 /// "token"` it trusts the key set at `token.jwks_url` or `token.jwks_file`.
 pub async fn registry_alone(cfg: Config) -> anyhow::Result<()> {
-    let tls = tls_setup(&cfg)?;
-    let registry = open_registry(&cfg).await?;
+    let listen = [Listen {
+        name: "registry",
+        addr: cfg.registry.listen,
+    }];
+    standby::run(&cfg, "berth registry serve", &listen, |addrs| {
+        activate_registry(&cfg, addrs)
+    })
+    .await
+}
+
+/// `berth registry serve` once it holds the data directory.
+async fn activate_registry(cfg: &Config, addrs: Vec<SocketAddr>) -> anyhow::Result<Active> {
+    let [addr] = addrs[..] else {
+        anyhow::bail!("internal: one listener expected");
+    };
+    let tls = tls_setup(cfg)?;
+    let registry = open_registry(cfg).await?;
     let auth = match cfg.registry.auth {
         AuthMode::None => None,
-        AuthMode::Token => Some(remote_auth(&cfg).await?),
+        AuthMode::Token => Some(remote_auth(cfg).await?),
     };
-    let listener = bind(cfg.registry.listen).await?;
-    let addr = listener.local_addr()?;
-    announce_auth(&cfg, addr, auth.as_deref());
-    if let Some(tls) = &tls {
-        tls.announce(&cfg, &[addr.port()]);
-    }
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "registry listening");
-
     tokio::spawn(janitor(registry.clone()));
-    crate::gc::schedule(&cfg, &registry);
-    let shutdown = Shutdown::on_signals();
-    serve_router(
-        listener,
-        tls.map(|t| t.server),
-        berth_registry::router_with_auth(registry, auth),
-        shutdown.wait(),
-    )
-    .await?;
-    tracing::info!("registry stopped");
-    Ok(())
+    crate::gc::schedule(cfg, &registry);
+    let routers = vec![berth_registry::router_with_auth(registry, auth.clone())];
+    let certificate = tls.as_ref().map(|t| t.certificate.clone());
+    let cfg = cfg.clone();
+    let announce = move || {
+        announce_auth(&cfg, addr, auth.as_deref());
+        if let Some(tls) = &tls {
+            tls.announce(&cfg, &[addr.port()]);
+        }
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "registry listening");
+    };
+    Ok(Active {
+        routers,
+        certificate,
+        announce: Box::new(announce),
+    })
 }
 
 async fn open_registry(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
     let data_dir = cfg.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || FsStore::open(data_dir))
-        .await?
-        .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))?;
+        .await
+        .exit_with(Exit::Internal)?
+        .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))
+        .exit_with(Exit::Io)?;
     let config = RegistryConfig {
         max_manifest_size: cfg.registry.max_manifest_size,
         upload_max_age: Duration::from_secs(cfg.registry.upload_max_age),
@@ -235,15 +275,23 @@ fn jwks_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
 /// now; again when a token names an unknown key).
 async fn remote_auth(cfg: &Config) -> anyhow::Result<Arc<TokenAuth>> {
     let source = match (&cfg.token.jwks_url, &cfg.token.jwks_file) {
-        (Some(url), None) => JwksSource::Url(url.clone(), jwks_client(cfg)?),
+        (Some(url), None) => {
+            JwksSource::Url(url.clone(), jwks_client(cfg).exit_with(Exit::Config)?)
+        }
         (None, Some(path)) => JwksSource::File(path.clone()),
-        _ => anyhow::bail!(
-            "the registry alone with registry.auth = token needs one of token.jwks_url \
-             (--token-jwks-url, BERTH_TOKEN_JWKS_URL) or token.jwks_file (--token-jwks-file, \
-             BERTH_TOKEN_JWKS_FILE)"
-        ),
+        _ => {
+            return Err(anyhow::anyhow!(
+                "the registry alone with registry.auth = token needs one of token.jwks_url \
+                 (--token-jwks-url, BERTH_TOKEN_JWKS_URL) or token.jwks_file (--token-jwks-file, \
+                 BERTH_TOKEN_JWKS_FILE)"
+            ))
+            .exit_with(Exit::Config);
+        }
     };
-    let keys = source.load().await?;
+    let keys = source.load().await.exit_with(match source {
+        JwksSource::Url(..) => Exit::Unavailable,
+        JwksSource::File(_) => Exit::Config,
+    })?;
     tracing::info!(source = %source, keys = keys.len(), "loaded the token key set");
     let verifier = Verifier::new(keys, cfg.token.issuer.clone(), cfg.token.service.clone());
     let refetch: KeyRefetch = Arc::new(move || {
@@ -268,10 +316,10 @@ async fn remote_auth(cfg: &Config) -> anyhow::Result<Arc<TokenAuth>> {
     ))
 }
 
-/// TLS as configured: the server configuration, and the CA to tell users
+/// TLS as configured: the certificate to serve, and the CA to tell users
 /// about when berth generated it.
 pub struct TlsSetup {
-    pub server: Arc<rustls::ServerConfig>,
+    pub certificate: Arc<rustls::sign::CertifiedKey>,
     generated: Option<tls::GeneratedTls>,
 }
 
@@ -311,33 +359,39 @@ pub fn tls_setup(cfg: &Config) -> anyhow::Result<Option<TlsSetup>> {
         );
         return Ok(None);
     }
-    let (cert, key, generated) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
+    let (certificate, generated) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(cert), Some(key)) => (tls::certified_key(cert, key).exit_with(Exit::Config)?, None),
         _ => {
             let names = tls::default_names(&cfg.tls.names);
             let dir = cfg.data_dir.join("tls");
             let generated = tls::ensure_self_signed(&dir, &names)
-                .with_context(|| format!("cannot set up the certificate in {}", dir.display()))?;
-            (
-                generated.cert.clone(),
-                generated.key.clone(),
-                Some(generated),
-            )
+                .with_context(|| format!("cannot set up the certificate in {}", dir.display()))
+                .exit_with(Exit::Io)?;
+            let certificate =
+                tls::certified_key(&generated.cert, &generated.key).exit_with(Exit::Io)?;
+            (certificate, Some(generated))
         }
     };
-    let server = tls::server_config(&cert, &key)?;
-    Ok(Some(TlsSetup { server, generated }))
+    Ok(Some(TlsSetup {
+        certificate,
+        generated,
+    }))
 }
 
-/// Serves `app` on `listener`, over TLS when `tls` is given, until
-/// `shutdown` completes; in-flight requests finish first.
-pub async fn serve_router(
+/// Serves `app` (a `Router`, or a service like one such as
+/// [`crate::standby::Gate`]) on `listener`, over TLS when `tls` is given,
+/// until `shutdown` completes; in-flight requests finish first.
+pub async fn serve_router<S>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    app: Router,
+    app: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+) -> std::io::Result<()>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
     match tls {
         None => {
             axum::serve(tls::tcp_nodelay_listener(listener), make)
@@ -377,8 +431,9 @@ pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
 impl Shutdown {
     pub fn on_signals() -> Shutdown {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let signal = shutdown_signal();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signal.await;
             let _ = tx.send(true);
         });
         Shutdown(rx)
@@ -394,17 +449,23 @@ impl Shutdown {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the handlers now (a signal that comes before the returned
+/// future is polled is not lost) and completes on the first SIGTERM or
+/// SIGINT.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }

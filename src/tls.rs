@@ -7,7 +7,8 @@
 //!   working;
 //! - the rustls server configuration (aws-lc-rs chosen explicitly: the build
 //!   also links ring through reqwest, so the process-default provider is
-//!   ambiguous);
+//!   ambiguous), its certificate in a [`CertSlot`] that a standby replaces
+//!   when it takes over;
 //! - [`TlsListener`], a listener for `axum::serve` that runs every handshake
 //!   in its own task with a deadline, so that a slow or silent client cannot
 //!   stall the accept loop;
@@ -18,7 +19,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -30,6 +31,8 @@ use rcgen::{
 use rustls::ServerConfig;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -604,7 +607,31 @@ fn pem_error(e: pem::Error, path: &Path, what: &str, expected: &str) -> anyhow::
 /// aws-lc-rs provider, TLS 1.3 and 1.2, no client authentication, ALPN
 /// `h2` then `http/1.1`. Fails, naming the file, when a file is unreadable,
 /// holds no certificate or key, or the key does not match the certificate.
+/// (The servers use [`certified_key`] and [`server_config_with`], whose
+/// certificate can be replaced while serving.)
+#[cfg(test)]
 pub fn server_config(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config_with(CertSlot::new(certified_key(cert_pem, key_pem)?))
+}
+
+/// [`server_config`] with the certificate in `slot`, which may be replaced
+/// while serving.
+pub fn server_config_with(slot: Arc<CertSlot>) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("the TLS provider supports neither TLS 1.3 nor TLS 1.2")?
+        .with_no_client_auth()
+        .with_cert_resolver(slot);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads and checks a certificate chain and its key (see [`server_config`]).
+pub fn certified_key(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     let cert_text = fs::read(cert_pem)
         .with_context(|| format!("cannot read the TLS certificate {}", cert_pem.display()))?;
     let chain = CertificateDer::pem_slice_iter(&cert_text)
@@ -620,26 +647,61 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Arc<Serv
         .with_context(|| format!("cannot read the TLS key {}", key_pem.display()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_text)
         .map_err(|e| pem_error(e, key_pem, "private key", KEY_BLOCKS))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("the TLS provider supports neither TLS 1.3 nor TLS 1.2")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => anyhow!(
-                "the TLS key {} does not match the certificate {}",
-                key_pem.display(),
-                cert_pem.display()
-            ),
-            e => anyhow!(
-                "cannot use the TLS certificate {} with the key {}: {e}",
-                cert_pem.display(),
-                key_pem.display()
-            ),
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => anyhow!(
+            "the TLS key {} does not match the certificate {}",
+            key_pem.display(),
+            cert_pem.display()
+        ),
+        e => anyhow!(
+            "cannot use the TLS certificate {} with the key {}: {e}",
+            cert_pem.display(),
+            key_pem.display()
+        ),
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// A self-signed certificate for `localhost` made in memory, never
+/// written: what a standby serves when there is no certificate it may read
+/// yet. No client trusts it; health probes that skip verification get
+/// their answer.
+pub fn ephemeral_certified_key() -> anyhow::Result<Arc<CertifiedKey>> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .context("cannot make a temporary certificate")?;
+    let key = PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+    let certified = CertifiedKey::from_der(vec![made.cert.der().clone()], key, &provider())
+        .context("cannot use the temporary certificate")?;
+    Ok(Arc::new(certified))
+}
+
+/// The certificate every handshake gets, replaceable while serving: a
+/// standby serves a stand-in until it takes over, then the real one (the
+/// listeners stay bound). One read lock per handshake.
+#[derive(Debug)]
+pub struct CertSlot(RwLock<Arc<CertifiedKey>>);
+
+impl CertSlot {
+    /// A slot holding `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<CertSlot> {
+        Arc::new(CertSlot(RwLock::new(key)))
+    }
+
+    /// Serves `key` from the next handshake on.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = key;
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
 }
 
 /// A listener for `axum::serve` that speaks TLS.
@@ -1304,20 +1366,28 @@ mod tests {
     #[tokio::test]
     async fn tls13_and_tls12_negotiate_h2() {
         let server = serve(HANDSHAKE_TIMEOUT).await;
-        for (versions, expected) in [
+        // The client (rustls' default order) prefers AES-256; the server's
+        // order wins: AES-128-GCM.
+        for (versions, expected, suite) in [
             (
                 &[&rustls::version::TLS13][..],
                 rustls::ProtocolVersion::TLSv1_3,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
             ),
             (
                 &[&rustls::version::TLS12][..],
                 rustls::ProtocolVersion::TLSv1_2,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             ),
         ] {
             let tls = rustls_handshake(server.addr, &server.tls.ca_cert, versions).await;
             let (_, connection) = tls.get_ref();
             assert_eq!(connection.protocol_version(), Some(expected));
             assert_eq!(connection.alpn_protocol(), Some(&b"h2"[..]));
+            assert_eq!(
+                connection.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(suite)
+            );
         }
     }
 

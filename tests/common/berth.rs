@@ -56,6 +56,55 @@ impl Berth {
         flags: &[&str],
         envs: &[(&str, &str)],
     ) -> Berth {
+        Self::all_until(data_dir, listen_ip, flags, envs, "listening")
+    }
+
+    /// [`Berth::start_all`] on a data directory another instance holds:
+    /// waits for it to stand by (`registry standby addr=...`).
+    pub fn start_all_standby(
+        data_dir: &Path,
+        listen_ip: &str,
+        flags: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Berth {
+        Self::all_until(data_dir, listen_ip, flags, envs, "standby")
+    }
+
+    /// [`Berth::start_registry`] on a data directory another instance
+    /// holds: waits for it to stand by.
+    pub fn start_registry_standby(data_dir: &Path, flags: &[&str]) -> Berth {
+        let args = serve_args("registry", data_dir, flags);
+        Self::spawn(data_dir, &args, &[], "registry standby addr=")
+    }
+
+    /// [`Berth::start_identity`] on a data directory another instance
+    /// holds: waits for it to stand by.
+    pub fn start_identity_standby(data_dir: &Path, envs: &[(&str, &str)]) -> Berth {
+        let args = serve_args("identity", data_dir, &[]);
+        Self::spawn(data_dir, &args, envs, "token service standby addr=")
+    }
+
+    /// Waits up to `timeout` for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// `berth serve` until its log says `registry <state> addr=` (`state`:
+    /// `listening` or `standby`).
+    fn all_until(
+        data_dir: &Path,
+        listen_ip: &str,
+        flags: &[&str],
+        envs: &[(&str, &str)],
+        state: &str,
+    ) -> Berth {
         let any_port = |ip: &str| {
             if ip.contains(':') {
                 format!("[{ip}]:0")
@@ -68,15 +117,19 @@ impl Berth {
         args.extend(["--registry-listen".into(), any_port(listen_ip).into()]);
         args.extend(["--identity-listen".into(), any_port(listen_ip).into()]);
         args.extend(flags.iter().map(Into::into));
-        let mut berth = Self::spawn(data_dir, &args, envs, "registry listening addr=");
+        let marker = match state {
+            "standby" => "registry standby addr=",
+            _ => "registry listening addr=",
+        };
+        let mut berth = Self::spawn(data_dir, &args, envs, marker);
         // The token service reports its address before the registry does.
-        let marker = "token service listening addr=";
+        let marker = format!("token service {state} addr=");
         berth.identity_addr = berth
             .log
             .lock()
             .unwrap()
             .iter()
-            .find_map(|l| l.split(marker).nth(1))
+            .find_map(|l| l.split(&marker).nth(1))
             .and_then(|r| r.split_whitespace().next())
             .map(str::to_owned);
         assert!(berth.identity_addr.is_some(), "no token service address");
