@@ -623,11 +623,28 @@ pub fn server_config_with(slot: Arc<CertSlot>) -> anyhow::Result<Arc<ServerConfi
         .with_no_client_auth()
         .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our suite order, not the client's (OpenSSL lists AES-256 first).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
+/// aws-lc-rs, with AES-128-GCM preferred (TLS 1.3 first, then 1.2): with
+/// AES instructions it moves about 1.5 times the bytes of AES-256-GCM per
+/// CPU second (`openssl speed` here: 3.3 against 2.1 GB/s), and image
+/// layers are bulk data; 128-bit keys are what TLS's own recommended suite
+/// uses. The server's order counts (see [`server_config_with`]).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    use rustls::CipherSuite as C;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let rank = |suite: C| match suite {
+        C::TLS13_AES_128_GCM_SHA256 => 0,
+        C::TLS13_AES_256_GCM_SHA384 => 1,
+        C::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        _ => 4,
+    };
+    provider.cipher_suites.sort_by_key(|s| rank(s.suite()));
+    Arc::new(provider)
 }
 
 /// Reads and checks a certificate chain and its key (see [`server_config`]).
