@@ -22,7 +22,7 @@ import statistics
 import sys
 
 # Sections written by other scripts than bench/run, between these markers.
-MARKED = ("auth-bench", "identity-bench")
+MARKED = ("auth-bench", "identity-bench", "takeover-bench")
 
 
 def load(path):
