@@ -19,6 +19,11 @@
 //! referrers, every digest checked), and after a last collection exactly
 //! the reachable blobs remain on disk and bytes were reclaimed.
 //!
+//! `grace_period_protects_pushes_in_flight`: the same with `--grace 3`: a
+//! push that took less than the grace period from its first blob check (or
+//! upload) to its manifest is never refused, because every use of existing
+//! content refreshes its time.
+//!
 //! `scheduled_collection_inside_serve`: `berth serve` with `gc.interval =
 //! 1` removes an orphan blob and an untagged manifest by itself and logs
 //! it; the tagged image still pulls.
@@ -37,7 +42,6 @@ use serde_json::{Value, json};
 const REPOS: [&str; 3] = ["gc/alpha", "gc/beta", "gc/gamma/deep"];
 const WORKERS: usize = 6;
 const TAGS_PER_WORKER: usize = 4;
-const LOAD: Duration = Duration::from_secs(20);
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const ACCEPT: &str =
@@ -109,6 +113,9 @@ struct Pushed {
 struct Stats {
     pushes: AtomicU64,
     refused: AtomicU64,
+    /// Refused although the push took less than the grace period from its
+    /// first blob check to its manifest: must never happen.
+    refused_within_grace: AtomicU64,
     own_pulls: AtomicU64,
     other_pulls: AtomicU64,
     other_pulls_gone: AtomicU64,
@@ -437,9 +444,33 @@ struct Worker {
     /// subject digest -> referrers pushed while it was tagged
     referrers: HashMap<String, BTreeSet<String>>,
     counter: u64,
+    /// The collections' grace period.
+    grace: Duration,
 }
 
 impl Worker {
+    fn new(id: usize, repo: &'static str, grace: Duration) -> Worker {
+        Worker {
+            id,
+            repo,
+            rng: Rng(0x6C00 + id as u64),
+            pool: shared_pool(),
+            tags: BTreeMap::new(),
+            referrers: HashMap::new(),
+            counter: 0,
+            grace,
+        }
+    }
+
+    /// Counts a refusal of a push that started at `started`: with a grace
+    /// period longer than the push took, what it checked or uploaded must
+    /// have stayed. (The margin covers the store's clock, which lags.)
+    fn refused(&self, stats: &Stats, started: Instant) {
+        if started.elapsed() + Duration::from_millis(100) < self.grace {
+            stats.refused_within_grace.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn tag_name(&mut self) -> String {
         format!("w{}-{}", self.id, self.rng.below(TAGS_PER_WORKER as u64))
     }
@@ -500,6 +531,7 @@ impl Worker {
         let m = image_manifest(&config, &layers, subject);
         let reference = reference.unwrap_or(&m.digest).to_owned();
         for _attempt in 0..50 {
+            let started = Instant::now();
             for b in std::iter::once(&config).chain(&layers) {
                 let from = (self.rng.below(4) == 0).then(|| self.other_repo());
                 let chunked = self.rng.below(4) == 0;
@@ -508,6 +540,7 @@ impl Worker {
             if let Push::Done = c.put_manifest(self.repo, &reference, &m, stats).await? {
                 return Ok(m);
             }
+            self.refused(stats, started);
         }
         fail("a push refused 50 times in a row")
     }
@@ -523,6 +556,7 @@ impl Worker {
                 // An index: children pushed untagged, then the index.
                 let tag = self.tag_name();
                 'again: for _ in 0..50 {
+                    let started = Instant::now();
                     let mut children = Vec::new();
                     for _ in 0..2 {
                         children.push(self.push_image(c, stats, None, None).await?);
@@ -532,6 +566,7 @@ impl Worker {
                         self.set_tag(tag, Some(index));
                         break 'again;
                     }
+                    self.refused(stats, started);
                 }
             }
             35..43 => {
@@ -690,8 +725,31 @@ fn blobs_on_disk(data_dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// No grace at all: pushes may be refused (and pushed again), nothing
+/// acknowledged may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn collection_during_pushes_and_pulls() {
+    let stats = scenario(0, Duration::from_secs(15)).await;
+    assert_eq!(stats.refused_within_grace.load(Ordering::Relaxed), 0);
+}
+
+/// A grace period of 3 s, longer than any push here takes: a push that
+/// checked or uploaded its blobs less than 3 s before its manifest is
+/// never refused (what it used was touched), and the rest is as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grace_period_protects_pushes_in_flight() {
+    let stats = scenario(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        stats.refused_within_grace.load(Ordering::Relaxed),
+        0,
+        "a push faster than the grace period was refused"
+    );
+}
+
+/// Workers push and pull for `load` while `berth gc --grace GRACE
+/// --delete-untagged` runs again and again; then everything is checked.
+async fn scenario(grace: u64, load: Duration) -> Arc<Stats> {
+    let grace_arg = grace.to_string();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_owned();
     let berth = Berth::start(&data);
@@ -703,7 +761,6 @@ async fn collection_during_pushes_and_pulls() {
         base: berth.url(),
     });
     let stats = Arc::new(Stats::default());
-    let pool = shared_pool();
 
     // Upload sessions that stay open through every collection.
     let mut sessions = Vec::new();
@@ -732,12 +789,12 @@ async fn collection_during_pushes_and_pulls() {
     // Collections, one after another, in another process.
     let stop = Arc::new(AtomicBool::new(false));
     let collector = {
-        let (stop, data) = (stop.clone(), data.clone());
+        let (stop, data, grace_arg) = (stop.clone(), data.clone(), grace_arg.clone());
         std::thread::spawn(move || {
             let (mut runs, mut bytes, mut in_use, mut slowest) = (0u64, 0, 0, Duration::ZERO);
             while !stop.load(Ordering::SeqCst) {
                 let t = Instant::now();
-                let (b, u, _) = run_gc(&data, &["--grace", "0", "--delete-untagged"]);
+                let (b, u, _) = run_gc(&data, &["--grace", &grace_arg, "--delete-untagged"]);
                 slowest = slowest.max(t.elapsed());
                 runs += 1;
                 bytes += b;
@@ -748,20 +805,13 @@ async fn collection_during_pushes_and_pulls() {
         })
     };
 
-    let deadline = Instant::now() + LOAD;
+    let deadline = Instant::now() + load;
     let mut handles = Vec::new();
     for id in 0..WORKERS {
-        let (c, s, pool) = (client.clone(), stats.clone(), pool.clone());
+        let (c, s) = (client.clone(), stats.clone());
+        let grace = Duration::from_secs(grace);
         handles.push(tokio::spawn(async move {
-            let mut w = Worker {
-                id,
-                repo: REPOS[id % REPOS.len()],
-                rng: Rng(0x6C00 + id as u64),
-                pool,
-                tags: BTreeMap::new(),
-                referrers: HashMap::new(),
-                counter: 0,
-            };
+            let mut w = Worker::new(id, REPOS[id % REPOS.len()], grace);
             while Instant::now() < deadline {
                 w.step(&c, &s).await?;
             }
@@ -841,7 +891,8 @@ async fn collection_during_pushes_and_pulls() {
     let (tagged, reachable) = verify(client.clone(), &workers).await;
     assert!(tagged > 0);
 
-    // A last collection: exactly what the tags reach remains.
+    // A last collection, with no grace: exactly what the tags reach
+    // remains.
     let (last, _, summary) = run_gc(&data, &["--grace", "0", "--delete-untagged"]);
     reclaimed += last;
     let (_, reachable_after) = verify(client.clone(), &workers).await;
@@ -880,14 +931,15 @@ async fn collection_during_pushes_and_pulls() {
     }
     let s = &stats;
     eprintln!(
-        "{:?} of load, {WORKERS} workers: {} manifest pushes ({} refused cleanly: content collected \
-         between upload or HEAD and the manifest), {} mounts, {} deletes, {} own complete pulls, \
+        "grace {grace} s, {load:?} of load, {WORKERS} workers: {} manifest pushes ({} refused \
+         cleanly: content collected between upload or HEAD and the manifest; {} of them within \
+         the grace period), {} mounts, {} deletes, {} own complete pulls, \
          {} others' pulls ({} found their tag moved or gone); {runs} collections (slowest {:.2?}; \
          {in_use} objects kept because a client used them during one), {reclaimed} bytes \
          reclaimed; {tagged} tags verified, {} blobs remain. Last: {summary}",
-        LOAD,
         s.pushes.load(Ordering::Relaxed),
         s.refused.load(Ordering::Relaxed),
+        s.refused_within_grace.load(Ordering::Relaxed),
         s.mounts.load(Ordering::Relaxed),
         s.deletes.load(Ordering::Relaxed),
         s.own_pulls.load(Ordering::Relaxed),
@@ -898,6 +950,7 @@ async fn collection_during_pushes_and_pulls() {
     );
     assert!(runs >= 5, "only {runs} collections ran");
     berth.kill();
+    stats
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -925,15 +978,7 @@ async fn scheduled_collection_inside_serve() {
         base: berth.url(),
     };
     let stats = Stats::default();
-    let mut w = Worker {
-        id: 0,
-        repo: "sched/app",
-        rng: Rng(7),
-        pool: shared_pool(),
-        tags: BTreeMap::new(),
-        referrers: HashMap::new(),
-        counter: 0,
-    };
+    let mut w = Worker::new(0, "sched/app", Duration::ZERO);
     let tagged = w
         .push_image(&client, &stats, Some("v1"), None)
         .await
