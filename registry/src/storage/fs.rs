@@ -279,7 +279,12 @@ fn touch_or_rescue(path: &Path, trash: &Path) -> Result<bool> {
         return Ok(true);
     }
     match fs::rename(trash, path) {
-        Ok(()) => touch_file(path),
+        Ok(()) => {
+            // Durably back, as any commit: an answer may rest on it (an
+            // upload of existing content, a manifest that needs it).
+            fsync_dir(parent_of(path)?)?;
+            touch_file(path)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e.into()),
     }
