@@ -591,7 +591,13 @@ impl Registry {
                     if htx.send(batch.clone()).await.is_err()
                         || tx.send(WriteMsg::Data(batch)).await.is_err()
                     {
-                        return Ok(()); // the disk side failed; its error is reported below
+                        // The disk side failed; its error is reported
+                        // below. Read the rest of the body first: a client
+                        // still sending would otherwise meet a reset
+                        // connection instead of the answer (507 on a full
+                        // disk).
+                        while let Some(Ok(_)) = body.next().await {}
+                        return Ok(());
                     }
                 }
             }

@@ -190,11 +190,15 @@ impl From<RegistryError> for ApiError {
             E::SizeInvalid(m) => ApiError::new(Code::SizeInvalid).message(m),
             E::Body(m) => ApiError::new(Code::BlobUploadInvalid)
                 .message(format!("request body could not be read: {m}")),
+            // No spec code fits: Distribution answers 500 `UNKNOWN`; 507
+            // says what happened, and the write can be retried later.
             E::Store(StoreError::NoSpace) => {
-                tracing::error!("storage full: refusing write");
+                tracing::error!(
+                    "storage full (ENOSPC): write refused; free space on the data directory's filesystem"
+                );
                 ApiError::new(Code::Unknown)
                     .status(StatusCode::INSUFFICIENT_STORAGE)
-                    .message("insufficient storage on the registry")
+                    .message("the registry's storage is full: no space left for this write")
             }
             E::Store(StoreError::NotFound) => ApiError::new(Code::BlobUnknown),
             E::Store(e) => {

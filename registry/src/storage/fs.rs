@@ -631,9 +631,15 @@ impl Store for FsStore {
         let id = UploadId::new_random();
         let dir = self.upload_dir(&id);
         mkdir_durable(&dir)?;
-        File::create(dir.join("data"))?.sync_all()?;
-        self.write_atomic(&dir.join("repo"), repo.as_str().as_bytes())?;
-        Ok(id)
+        let made = File::create(dir.join("data"))
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::from)
+            .and_then(|()| self.write_atomic(&dir.join("repo"), repo.as_str().as_bytes()));
+        if made.is_err() {
+            // A full disk, typically: leave no half-made session behind.
+            let _ = fs::remove_dir_all(&dir);
+        }
+        made.map(|()| id)
     }
 
     fn upload_info(&self, repo: &RepoName, id: &UploadId) -> Result<Option<UploadInfo>> {
