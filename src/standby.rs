@@ -308,6 +308,17 @@ impl DataLock {
             .create(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))
             .exit_with(Exit::CantCreate)?;
+        // A data directory made just now must survive a power loss with the
+        // writes acknowledged in it: its entry in the parent is synced too
+        // (cheap, once per start; harmless when it existed before).
+        let parent = match data_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot sync {}", parent.display()))
+            .exit_with(Exit::Io)?;
         let path = data_dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
