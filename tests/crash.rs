@@ -1,24 +1,38 @@
 //! Crash test: SIGKILL the registry while many clients push, restart it on
-//! the same data directory and check that everything it acknowledged is
-//! intact and nothing partial is visible.
+//! the same data directory, or let a standby on the same directory take
+//! over, and check that everything it acknowledged is intact and nothing
+//! partial is visible.
 //!
-//! Each round starts berth on the same directory, verifies the state the
-//! previous round's kill left, then runs concurrent clients (monolithic and
-//! chunked blob uploads, manifest PUTs by tag and by digest, tag overwrites,
-//! deletes, re-creations) and kills the server with SIGKILL after a random
-//! delay, mid-flight. Every request is recorded in a ledger with the time it
-//! was sent and, if it got a 2xx, the time the answer arrived. After the
-//! restart each blob, manifest and tag is checked against what the ledger
-//! allows: an acknowledged write may only be missing if a delete could have
-//! come after it, and whatever is visible must be exactly what some write
-//! sent. The store directory is walked too: every file under `blobs/` must
-//! hash to its name and `tmp/` must be empty. Upload sessions the clients
-//! knew of must be resumable from where the bytes on disk end (or unknown,
-//! if their final PUT was in flight), and finishing them must give the blob.
-//! Content that was in flight at the kill must push again cleanly.
+//! Each round runs concurrent clients (monolithic and chunked blob uploads,
+//! manifest PUTs by tag and by digest, tag overwrites, deletes,
+//! re-creations) and kills the server with SIGKILL after a random delay,
+//! mid-flight. Every request is recorded in a ledger with the time it was
+//! sent and, if it got a 2xx, the time the answer arrived. Then, through
+//! the server that serves the directory next, each blob, manifest and tag
+//! is checked against what the ledger allows: an acknowledged write may
+//! only be missing if a delete could have come after it, whatever is
+//! visible must be exactly what some write sent, and the blobs a manifest
+//! names are there unless deleted. The store directory is walked too:
+//! every file under `blobs/` must hash to its name and `tmp/` and `pins/`
+//! must be empty. Upload sessions the clients knew of must be resumable
+//! from where the bytes on disk end (or unknown, `BLOB_UPLOAD_UNKNOWN`, if
+//! their final PUT was in flight), and finishing them must give the blob.
+//! Content that was in flight at the kill, and a sample of what was
+//! acknowledged, must push again cleanly.
+//!
+//! - The first test restarts the killed server on the directory.
+//! - The failover tests run two servers on one directory: the clients write
+//!   to the active one, the SIGKILL goes to it, the standby takes over
+//!   (`/readyz` polled and timed), the killed one comes back as the new
+//!   standby, the verification runs through the new active and the clients
+//!   go on there. `berth registry serve` (plain HTTP, no auth), and a
+//!   shorter run of `berth serve` (HTTPS, tokens, local users: the tokens
+//!   the dead active issued work on the new one, and its refresh token
+//!   gets new ones there). `BERTH_FAULT_ROUNDS=<n>` sets the number of
+//!   takeovers (`berth serve`: a quarter) for a longer run.
 //!
 //! A manifest DELETE by digest cut short by the kill must not leave tags
-//! listed that no longer resolve; the second test widens that window on
+//! listed that no longer resolve; the last test widens that window on
 //! purpose (it found the defect once: tags used to be removed after the
 //! revision).
 //!
@@ -814,6 +828,17 @@ struct Stats {
     sessions_unknown: usize,
     repushed: usize,
     dangling_tags: usize,
+    /// Blobs named by the manifests present, checked.
+    references_checked: usize,
+}
+
+/// The config and layer digests an image manifest names.
+fn references(manifest: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap_or_default();
+    std::iter::once(&v["config"])
+        .chain(v["layers"].as_array().into_iter().flatten())
+        .filter_map(|d| d["digest"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Whether a register (blob link, manifest revision) may be present: some
@@ -867,13 +892,13 @@ async fn fetch_all(
                 .header("accept", OCI_MANIFEST)
                 .send()
                 .await
-                .unwrap_or_else(|e| panic!("GET {url} after restart: {e}"));
+                .unwrap_or_else(|e| panic!("GET {url} after the kill: {e}"));
             let status = resp.status().as_u16();
             let digest_header = header(&resp, "docker-content-digest");
             let body = resp
                 .bytes()
                 .await
-                .unwrap_or_else(|e| panic!("GET {url} after restart, body: {e}"))
+                .unwrap_or_else(|e| panic!("GET {url} after the kill, body: {e}"))
                 .to_vec();
             (
                 path,
@@ -893,15 +918,17 @@ async fn fetch_all(
     out
 }
 
-/// Every file under `blobs/` hashes to its name; `tmp/` is empty; tag and
-/// revision files are whole.
+/// Every file under `blobs/` hashes to its name; `tmp/` and `pins/` are
+/// empty (the server that opened the store cleared what the killed one
+/// left, and nothing is in flight); tag and revision files are whole.
 fn walk_store(root: &Path, stats: &mut Stats, problems: &mut Vec<String>) {
-    let tmp: Vec<_> = std::fs::read_dir(root.join("tmp"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    if !tmp.is_empty() {
-        problems.push(format!("tmp/ is not empty after restart: {tmp:?}"));
+    for scratch in ["tmp", "pins"] {
+        let left: Vec<_> = std::fs::read_dir(root.join(scratch))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        if !left.is_empty() {
+            problems.push(format!("{scratch}/ is not empty after the kill: {left:?}"));
+        }
     }
     fn files(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -1000,14 +1027,25 @@ async fn verify(ctx: &Ctx, root: &Path, stats: &mut Stats) -> Vec<String> {
         }
     }
 
-    // Blobs.
-    let paths = blob_reg
+    let blob_deleted: BTreeSet<(usize, String)> = blob_reg
+        .iter()
+        .filter(|(_, (_, deletes))| !deletes.is_empty())
+        .map(|(k, _)| k.clone())
+        .collect();
+
+    // Blobs: those pushed, and those the manifests name.
+    let mut paths: BTreeSet<String> = blob_reg
         .keys()
         .map(|(r, d)| format!("/v2/{}/blobs/{d}", REPOS[*r]))
         .collect();
-    let got = fetch_all(&ctx.http, &ctx.base, paths).await;
+    for (r, d) in man_reg.keys() {
+        for dep in references(&manifests[d]) {
+            paths.insert(format!("/v2/{}/blobs/{dep}", REPOS[*r]));
+        }
+    }
+    let blob_got = fetch_all(&ctx.http, &ctx.base, paths.into_iter().collect()).await;
     for ((r, d), (creates, deletes)) in &blob_reg {
-        let f = &got[&format!("/v2/{}/blobs/{d}", REPOS[*r])];
+        let f = &blob_got[&format!("/v2/{}/blobs/{d}", REPOS[*r])];
         let all: Vec<&Op> = creates.iter().chain(deletes).copied().collect();
         let want = &blobs[d];
         match f.status {
@@ -1064,6 +1102,25 @@ async fn verify(ctx: &Ctx, root: &Path, stats: &mut Stats) -> Vec<String> {
         match f.status {
             200 => {
                 stats.manifests_present += 1;
+                // What it references is there, whole, unless deleted.
+                for dep in references(&manifests[d]) {
+                    stats.references_checked += 1;
+                    let b = &blob_got[&format!("/v2/{}/blobs/{dep}", REPOS[*r])];
+                    let deleted = blob_deleted.contains(&(*r, dep.clone()));
+                    if b.status == 200 && format!("sha256:{}", sha256_hex(&b.body)) != dep {
+                        problems.push(format!(
+                            "manifest {d} in {}: its blob {dep} serves other bytes",
+                            REPOS[*r]
+                        ));
+                    } else if b.status != 200 && !deleted {
+                        problems.push(format!(
+                            "MANIFEST {d} in {} REFERENCES A MISSING BLOB {dep} (GET {}), never deleted{}",
+                            REPOS[*r],
+                            b.status,
+                            history(&all)
+                        ));
+                    }
+                }
                 if f.body != manifests[d] {
                     problems.push(format!(
                         "manifest {d} in {} served other bytes: {:?}{}",
@@ -1262,8 +1319,11 @@ async fn resume_sessions(ctx: &Ctx, root: &Path, stats: &mut Stats, rng: &mut Rn
             204 => {}
             404 => {
                 stats.sessions_unknown += 1;
+                let body = resp.text().await.unwrap_or_default();
                 if !s.inflight.as_ref().is_some_and(|f| f.put) {
-                    problems.push(format!("LOST UPLOAD: {what} is unknown after the restart"));
+                    problems.push(format!("LOST UPLOAD: {what} is unknown after the kill"));
+                } else if !body.contains("\"BLOB_UPLOAD_UNKNOWN\"") {
+                    problems.push(format!("{what}: 404 without BLOB_UPLOAD_UNKNOWN: {body}"));
                 }
                 continue;
             }
@@ -1403,6 +1463,31 @@ async fn repush(ctx: &Ctx, round: usize, stats: &mut Stats, rng: &mut Rng) -> Ve
     for _ in 0..4.min(acked_blobs.len()) {
         todo.push(acked_blobs[rng.pick(acked_blobs.len())].kind.clone());
     }
+    // Acknowledged manifests whose blobs no one ever deleted (else the PUT
+    // would rightly answer MANIFEST_BLOB_UNKNOWN).
+    let blob_deleted: BTreeSet<(usize, &String)> = ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            Kind::BlobDel { repo, digest } => Some((*repo, digest)),
+            _ => None,
+        })
+        .collect();
+    let acked_manifests: Vec<&Op> = ops
+        .iter()
+        .filter(|o| match &o.kind {
+            Kind::ManPut { repo, digest, .. } if o.acked() => references(&manifests[digest])
+                .iter()
+                .all(|dep| !blob_deleted.contains(&(*repo, dep))),
+            _ => false,
+        })
+        .collect();
+    for _ in 0..2.min(acked_manifests.len()) {
+        todo.push(
+            acked_manifests[rng.pick(acked_manifests.len())]
+                .kind
+                .clone(),
+        );
+    }
     for kind in todo {
         match &kind {
             Kind::BlobPut { repo, digest } => {
@@ -1519,136 +1604,613 @@ fn related(l: &Ledger, text: &str) -> String {
     out
 }
 
-fn fail(round: usize, what: &str, problems: &[String], berth: &Berth) -> ! {
-    let log_lines = berth.log.lock().unwrap();
-    let tail: Vec<&String> = log_lines.iter().rev().take(30).collect();
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn fail(round: usize, what: &str, problems: &[String], logs: &[(&str, &Log)]) -> ! {
+    let mut tails = String::new();
+    for (name, log) in logs {
+        let lines = log.lock().unwrap_or_else(|p| p.into_inner());
+        tails += &format!("\n{name} server log (last lines, newest first):");
+        for l in lines.iter().rev().take(30) {
+            tails += &format!("\n    {l}");
+        }
+    }
     panic!(
-        "round {round}, {what}: {} problem(s):\n  - {}\nserver log (last lines, newest first):\n{}",
+        "round {round}, {what}: {} problem(s):\n  - {}{tails}",
         problems.len(),
         problems.join("\n  - "),
-        tail.iter()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_during_concurrent_pushes_loses_nothing() {
+fn seed(what: &str) -> u64 {
     let seed: u64 = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     log(&format!(
-        "crash test: seed {seed} (CRASH_SEED={seed} to replay the choices)"
+        "{what}: seed {seed} (CRASH_SEED={seed} to replay the choices)"
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("data");
-    let ledger: Shared = Arc::new(Mutex::new(Ledger {
-        t0: Instant::now(),
-        ops: Vec::new(),
-        blobs: HashMap::new(),
-        manifests: HashMap::new(),
-        sessions: Vec::new(),
-        errors: Vec::new(),
-    }));
-    let mut rng = Rng(seed);
-    let mut clients: Vec<Client> = (0..CLIENTS).map(|i| Client::new(i, seed)).collect();
-    let started = Instant::now();
-    let mut total_acked_writes = 0usize;
-    let mut total_dangling = 0usize;
+    seed
+}
 
-    for round in 0..=ROUNDS {
-        let berth = Berth::start(&root);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let ctx = Arc::new(Ctx {
+// ----------------------------------------------------------------- rounds
+
+/// The clients, their ledger and the running totals, carried from round to
+/// round: across restarts of one server, or across takeovers.
+struct Workload {
+    root: PathBuf,
+    ledger: Shared,
+    rng: Rng,
+    clients: Vec<Client>,
+    totals: Totals,
+}
+
+/// What the checks after the kills found, added up.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    /// Rounds verified after their kill.
+    rounds: usize,
+    acked: usize,
+    dangling: usize,
+    resumed: usize,
+    unknown: usize,
+    repushed: usize,
+    references: usize,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, o: Totals) {
+        self.rounds += o.rounds;
+        self.acked += o.acked;
+        self.dangling += o.dangling;
+        self.resumed += o.resumed;
+        self.unknown += o.unknown;
+        self.repushed += o.repushed;
+        self.references += o.references;
+    }
+}
+
+impl Totals {
+    /// `N rounds, M acknowledged writes, all verified after every <after>, losses 0, ...`
+    fn summary(&self, after: &str) -> String {
+        format!(
+            "{} rounds, {} acknowledged writes, all verified after every {after}, losses 0, dangling tags {}, \
+             upload sessions resumed {} / cleanly unknown {}, re-pushed {}, manifest blob references checked {}",
+            self.rounds,
+            self.acked,
+            self.dangling,
+            self.resumed,
+            self.unknown,
+            self.repushed,
+            self.references
+        )
+    }
+}
+
+impl Workload {
+    fn new(seed: u64, root: &Path) -> Self {
+        Workload {
+            root: root.to_owned(),
+            ledger: Arc::new(Mutex::new(Ledger {
+                t0: Instant::now(),
+                ops: Vec::new(),
+                blobs: HashMap::new(),
+                manifests: HashMap::new(),
+                sessions: Vec::new(),
+                errors: Vec::new(),
+            })),
+            rng: Rng(seed),
+            clients: (0..CLIENTS).map(|i| Client::new(i, seed)).collect(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Requests of round `round` go to `base` through `http`.
+    fn ctx(&self, round: usize, base: String, http: reqwest::Client) -> Arc<Ctx> {
+        Arc::new(Ctx {
             http,
-            base: berth.url(),
-            ledger: ledger.clone(),
+            base,
+            ledger: self.ledger.clone(),
             stop: AtomicBool::new(false),
             round,
-            root: root.clone(),
-        });
+            root: self.root.clone(),
+        })
+    }
 
-        // What the previous kill left.
+    /// Runs every client against `ctx` for a random time, then raises the
+    /// stop flag and calls `kill`, which takes the server (process `pid`)
+    /// down mid-flight; waits for the clients and checks that none of
+    /// their requests failed before. Returns the delay (ms) and what `kill`
+    /// returned.
+    async fn run<T>(&mut self, ctx: &Arc<Ctx>, pid: u32, kill: impl FnOnce() -> T) -> (u64, T) {
+        let mut tasks = Vec::new();
+        for c in self.clients.drain(..) {
+            tasks.push(tokio::spawn(run_client(ctx.clone(), c)));
+        }
+        let delay = self.rng.range(KILL_MIN_MS, KILL_MAX_MS + 1);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        ctx.stop.store(true, Ordering::SeqCst);
+        let killed = kill();
+        for t in tasks {
+            self.clients.push(t.await.unwrap());
+        }
+        let errors = std::mem::take(&mut lock(&ctx.ledger).errors);
+        assert!(
+            errors.is_empty(),
+            "round {}: requests failed before the kill (pid {pid}):\n  - {}\nledger of the digests named:{}",
+            ctx.round,
+            errors.join("\n  - "),
+            related(&lock(&ctx.ledger), &errors.join(" "))
+        );
+        (delay, killed)
+    }
+
+    /// Through `ctx` (the restarted server, or the new active), checks what
+    /// the kill that ended round `cut` left: every acknowledged write, the
+    /// store's files, the upload sessions (resumed and finished, or
+    /// unknown), and pushes again what was in flight plus a sample of what
+    /// was acknowledged. Logs the round's line, `after` naming the event
+    /// (`restart`, `takeover`) and `extra` appended; or returns the problems.
+    async fn check(
+        &mut self,
+        ctx: &Ctx,
+        cut: usize,
+        after: &str,
+        extra: &str,
+    ) -> Result<(), Vec<String>> {
+        let t = Instant::now();
         let mut stats = Stats::default();
-        if round > 0 {
-            let mut problems = verify(&ctx, &root, &mut stats).await;
-            problems.extend(resume_sessions(&ctx, &root, &mut stats, &mut rng).await);
-            problems.extend(repush(&ctx, round - 1, &mut stats, &mut rng).await);
-            if !problems.is_empty() {
-                fail(round, "after restart", &problems, &berth);
-            }
-            let l = lock(&ctx.ledger);
-            let prev: Vec<&Op> = l
-                .ops
-                .iter()
-                .filter(|o| o.round == round - 1 && o.client.is_some())
-                .collect();
-            let acked = prev.iter().filter(|o| o.acked()).count();
-            total_acked_writes += acked;
-            total_dangling += stats.dangling_tags;
-            log(&format!(
-                "round {}: {} writes sent, {acked} acknowledged, {} in flight at the kill | verified after restart: \
-                 {} acknowledged writes so far; blobs {} present / {} absent, manifests {} / {}, tags {} / {}; \
-                 {} blob files ({:.1} MiB) hash to their names, tmp/ empty; sessions resumed {} / unknown {}; \
-                 re-pushed {}; dangling tags {}; losses 0",
-                round - 1,
-                prev.len(),
-                prev.len() - acked,
-                stats.acked_checked,
-                stats.blobs_present,
-                stats.blobs_absent,
-                stats.manifests_present,
-                stats.manifests_absent,
-                stats.tags_present,
-                stats.tags_absent,
-                stats.files_walked,
-                stats.bytes_walked as f64 / (1 << 20) as f64,
-                stats.sessions_resumed,
-                stats.sessions_unknown,
-                stats.repushed,
-                stats.dangling_tags,
-            ));
+        let mut problems = verify(ctx, &self.root, &mut stats).await;
+        problems.extend(resume_sessions(ctx, &self.root, &mut stats, &mut self.rng).await);
+        problems.extend(repush(ctx, cut, &mut stats, &mut self.rng).await);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let l = lock(&ctx.ledger);
+        let prev: Vec<&Op> = l
+            .ops
+            .iter()
+            .filter(|o| o.round == cut && o.client.is_some())
+            .collect();
+        let acked = prev.iter().filter(|o| o.acked()).count();
+        self.totals += Totals {
+            rounds: 1,
+            acked,
+            dangling: stats.dangling_tags,
+            resumed: stats.sessions_resumed,
+            unknown: stats.sessions_unknown,
+            repushed: stats.repushed,
+            references: stats.references_checked,
+        };
+        log(&format!(
+            "round {cut}: {} writes sent, {acked} acknowledged, {} in flight at the kill | verified after {after} in {:.1} s: \
+             {} acknowledged writes so far; blobs {} present / {} absent, manifests {} / {}, tags {} / {}; \
+             {} blob references of manifests; {} blob files ({:.1} MiB) hash to their names, tmp/ and pins/ empty; \
+             sessions resumed {} / unknown {}; re-pushed {}; dangling tags {}; losses 0{extra}",
+            prev.len(),
+            prev.len() - acked,
+            t.elapsed().as_secs_f64(),
+            stats.acked_checked,
+            stats.blobs_present,
+            stats.blobs_absent,
+            stats.manifests_present,
+            stats.manifests_absent,
+            stats.tags_present,
+            stats.tags_absent,
+            stats.references_checked,
+            stats.files_walked,
+            stats.bytes_walked as f64 / (1 << 20) as f64,
+            stats.sessions_resumed,
+            stats.sessions_unknown,
+            stats.repushed,
+            stats.dangling_tags,
+        ));
+        Ok(())
+    }
+}
+
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_concurrent_pushes_loses_nothing() {
+    let seed = seed("crash test");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let mut work = Workload::new(seed, &root);
+    let started = Instant::now();
+    for round in 0..=ROUNDS {
+        let berth = Berth::start(&root);
+        let ctx = work.ctx(round, berth.url(), plain_client());
+        // What the previous kill left.
+        if round > 0
+            && let Err(problems) = work.check(&ctx, round - 1, "restart", "").await
+        {
+            fail(
+                round,
+                "after restart",
+                &problems,
+                &[("restarted", &berth.log)],
+            );
         }
         if round == ROUNDS {
             let status = berth.terminate();
             assert!(status.success(), "berth exit status {status}");
             break;
         }
-
         // Concurrent pushes, then SIGKILL mid-flight.
-        let mut tasks = Vec::new();
-        for c in clients.drain(..) {
-            tasks.push(tokio::spawn(run_client(ctx.clone(), c)));
-        }
-        let delay = rng.range(KILL_MIN_MS, KILL_MAX_MS + 1);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        ctx.stop.store(true, Ordering::SeqCst);
         let pid = berth.pid();
-        berth.kill();
-        for t in tasks {
-            clients.push(t.await.unwrap());
-        }
-        let errors = std::mem::take(&mut lock(&ctx.ledger).errors);
-        assert!(
-            errors.is_empty(),
-            "round {round}: requests failed before the kill (pid {pid}):\n  - {}\nledger of the digests named:{}",
-            errors.join("\n  - "),
-            related(&lock(&ctx.ledger), &errors.join(" "))
-        );
+        let (delay, ()) = work.run(&ctx, pid, move || berth.kill()).await;
         log(&format!(
             "round {round}: SIGKILL to pid {pid} after {delay} ms"
         ));
     }
     log(&format!(
-        "crash test: {ROUNDS} rounds, {total_acked_writes} acknowledged writes, all verified after every restart, \
-         losses 0, dangling tags {total_dangling}, {:.1} s",
+        "crash test: {}, {:.1} s",
+        work.totals.summary("restart"),
         started.elapsed().as_secs_f64()
     ));
+}
+
+// --------------------------------------------------------------- failover
+
+/// Takeovers of the plain-HTTP registry (`berth registry serve --auth
+/// none`); `BERTH_FAULT_ROUNDS` sets another count.
+const FAILOVER_ROUNDS: usize = 24;
+/// Takeovers of `berth serve` (HTTPS, tokens, local users); with
+/// `BERTH_FAULT_ROUNDS`, a quarter of it.
+const FAILOVER_ROUNDS_SERVE: usize = 6;
+/// Takeovers on one data directory, at most.
+const FAILOVER_EPOCH: usize = 24;
+/// From the SIGKILL to the standby's `/readyz` 200, at most.
+const TAKEOVER_BOUND: Duration = Duration::from_secs(10);
+/// The `client_id` of the workload's token requests.
+const TOKEN_CLIENT_ID: &str = "berth-crash-test";
+
+fn fault_rounds(default: usize, divisor: usize) -> usize {
+    std::env::var("BERTH_FAULT_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map_or(default, |n| (n / divisor).max(1))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// `berth registry serve --auth none --tls off`
+    Registry,
+    /// `berth serve`: HTTPS with the certificate it generates, tokens
+    /// from its token service, the local users file.
+    Serve,
+}
+
+impl Mode {
+    fn start(self, root: &Path, standby: bool) -> Berth {
+        let flags = ["--auth", "none"];
+        match (self, standby) {
+            (Mode::Registry, false) => Berth::start_registry(root, &flags),
+            (Mode::Registry, true) => Berth::start_registry_standby(root, &flags),
+            (Mode::Serve, false) => Berth::start_all(root, "127.0.0.1", &[], &[]),
+            (Mode::Serve, true) => Berth::start_all_standby(root, "127.0.0.1", &[], &[]),
+        }
+    }
+
+    fn base(self, b: &Berth) -> String {
+        match self {
+            Mode::Registry => b.url(),
+            Mode::Serve => b.https_url(),
+        }
+    }
+
+    /// A client for the servers on `root`: trusting the CA berth
+    /// generated there (`Serve`), sending `token` if any.
+    fn client(self, root: &Path, token: Option<&str>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if self == Mode::Serve {
+            let pem = std::fs::read(root.join("tls/ca.crt")).unwrap();
+            b = b
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        if let Some(t) = token {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+            b = b.default_headers(h);
+        }
+        b.build().unwrap()
+    }
+}
+
+/// `POST /token` on the token service at `addr` with `grant` (the
+/// password or refresh-token form fields), for every repository of the
+/// workload; returns the access token and the refresh token if any.
+async fn token(
+    http: &reqwest::Client,
+    addr: &str,
+    grant: &[(&str, &str)],
+) -> (String, Option<String>) {
+    let mut form: Vec<(&str, String)> = grant.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    form.push(("service", "berth-registry".into()));
+    form.push(("client_id", TOKEN_CLIENT_ID.into()));
+    for r in REPOS {
+        form.push(("scope", format!("repository:{r}:pull,push,delete")));
+    }
+    let resp = http
+        .post(format!("https://{addr}/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_eq!(status, 200, "token from {addr}: {body}");
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["refresh_token"].as_str().map(str::to_owned),
+    )
+}
+
+/// Polls `url` (a standby's `/readyz`) until it answers 200; returns the
+/// time since `since` and how many probes failed at the transport level.
+async fn wait_ready(http: reqwest::Client, url: String, since: Instant) -> (Duration, usize) {
+    let mut transport_errors = 0;
+    loop {
+        match http.get(&url).send().await {
+            Ok(r) if r.status() == 200 => return (since.elapsed(), transport_errors),
+            Ok(r) => assert_eq!(r.status(), 503, "{url} while taking over"),
+            Err(_) => transport_errors += 1,
+        }
+        assert!(
+            since.elapsed() < TAKEOVER_BOUND,
+            "{url}: no takeover within {TAKEOVER_BOUND:?} of the SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Process ids of the processes whose command line names `root`.
+fn processes_on(root: &Path) -> Vec<u32> {
+    let needle = root.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `rounds` takeovers, [`FAILOVER_EPOCH`] at most on one data directory
+/// (then a fresh one: the verification reads everything the directory
+/// holds after every takeover, so its cost grows with the rounds).
+async fn failover(mode: Mode, rounds: usize, name: &str) {
+    let seed = seed(name);
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    let mut takeovers = Vec::new();
+    let mut berth_ms = Vec::new();
+    let mut rng = Rng(seed);
+    let mut done = 0;
+    while done < rounds {
+        let n = (rounds - done).min(FAILOVER_EPOCH);
+        let epoch = failover_epoch(mode, n, rng.next()).await;
+        totals += epoch.totals;
+        takeovers.extend(epoch.takeovers);
+        berth_ms.extend(epoch.berth_ms);
+        done += n;
+    }
+    assert_eq!(totals.rounds, rounds);
+    takeovers.sort();
+    berth_ms.sort_by(f64::total_cmp);
+    log(&format!(
+        "{name}: {}; takeover (SIGKILL to /readyz 200) median {:.1} ms, max {:.1} ms, min {:.1} ms \
+         (berth's own lock to serving: median {} ms, max {} ms); {} data directories; nothing left running; {:.1} s",
+        totals.summary("takeover"),
+        millis(takeovers[takeovers.len() / 2]),
+        millis(*takeovers.last().unwrap()),
+        millis(takeovers[0]),
+        berth_ms
+            .get(berth_ms.len() / 2)
+            .map_or("?".into(), |m| m.to_string()),
+        berth_ms.last().map_or("?".into(), |m| m.to_string()),
+        rounds.div_ceil(FAILOVER_EPOCH),
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+struct Epoch {
+    totals: Totals,
+    takeovers: Vec<Duration>,
+    /// What the new actives logged: `took over: serving ms=...`.
+    berth_ms: Vec<f64>,
+}
+
+/// Two servers on a new data directory, the clients writing to the active
+/// one; SIGKILL the active at a random moment; poll the standby's
+/// `/readyz` until it has taken over (timed); start the killed one again,
+/// as the standby of the new active; verify everything through the new
+/// active (with `Serve`, with the token the dead active issued); the
+/// clients go on against the new active, with a token its own token
+/// service issued for the refresh token the first active issued. Again
+/// and again, `rounds` times; then both stop (SIGTERM, exit 0) and no
+/// process is left on the directory.
+async fn failover_epoch(mode: Mode, rounds: usize, seed: u64) -> Epoch {
+    log(&format!("a new data directory: {rounds} takeovers"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let mut work = Workload::new(seed, &root);
+    let mut active = mode.start(&root, false);
+    let mut standby = mode.start(&root, true);
+    // A standby prepares what it can ahead (a bcrypt hash, for `Serve`):
+    // one killed soon after it started takes over later.
+    let mut standby_since = Instant::now();
+    let probe = mode.client(&root, None);
+    // Serve: one password login, on the first active; later tokens come
+    // from the refresh token it issued, at whichever server is active.
+    let mut refresh = None;
+    let mut http = match mode {
+        Mode::Registry => mode.client(&root, None),
+        Mode::Serve => {
+            let password = active.admin_password();
+            let grant = [
+                ("grant_type", "password"),
+                ("username", "admin"),
+                ("password", password.as_str()),
+                ("access_type", "offline"),
+            ];
+            let (access, rt) = token(&probe, active.identity_addr.as_ref().unwrap(), &grant).await;
+            refresh = Some(rt.expect("a refresh token for access_type=offline"));
+            mode.client(&root, Some(&access))
+        }
+    };
+    let mut takeovers = Vec::new();
+    let mut berth_ms = Vec::new();
+    for round in 0..rounds {
+        // The standby stands by, and says who holds the directory.
+        let r = probe
+            .get(format!("{}/readyz", mode.base(&standby)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "round {round}: standby /readyz");
+        assert_eq!(r.text().await.unwrap(), "standby");
+        assert!(
+            standby.wait_for_log(
+                &format!("holder=\"pid {} ", active.pid()),
+                Duration::from_secs(5)
+            ),
+            "round {round}: the standby does not name the active (pid {}) as the holder: {:?}",
+            active.pid(),
+            standby.log.lock().unwrap()
+        );
+
+        // Concurrent pushes to the active; SIGKILL mid-flight; time the
+        // standby's takeover.
+        let ctx = work.ctx(round, mode.base(&active), http.clone());
+        let pid = active.pid();
+        let dead_log = active.log.clone();
+        let readyz = format!("{}/readyz", mode.base(&standby));
+        let p = probe.clone();
+        let (delay, (standing_by, ready)) = work
+            .run(&ctx, pid, move || {
+                let killed = Instant::now();
+                let standing_by = killed - standby_since;
+                active.kill();
+                (standing_by, tokio::spawn(wait_ready(p, readyz, killed)))
+            })
+            .await;
+        let (took, probe_errors) = ready.await.unwrap();
+        takeovers.push(took);
+        // The standby is the active now; the killed one comes back as its
+        // standby.
+        active = standby;
+        let own = active.log.lock().unwrap().iter().find_map(|l| {
+            let rest = l.split("took over: serving").nth(1)?;
+            rest.split("ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        });
+        if let Some(ms) = own {
+            berth_ms.push(ms);
+        }
+        standby = mode.start(&root, true);
+        standby_since = Instant::now();
+
+        // Everything through the new active; the clients' old token, from
+        // the dead active.
+        let vctx = work.ctx(round + 1, mode.base(&active), http.clone());
+        let extra = format!(
+            " | SIGKILL to pid {pid} after {delay} ms, pid {} ready (/readyz 200) {:.1} ms later \
+             (berth: lock to serving {}; it stood by for {:.1} s){}",
+            active.pid(),
+            millis(took),
+            own.map_or("?".into(), |ms| format!("{ms} ms")),
+            standing_by.as_secs_f64(),
+            if probe_errors > 0 {
+                format!(", {probe_errors} probes failed")
+            } else {
+                String::new()
+            }
+        );
+        if let Err(problems) = work.check(&vctx, round, "takeover", &extra).await {
+            fail(
+                round + 1,
+                "after takeover",
+                &problems,
+                &[("new active", &active.log), ("killed", &dead_log)],
+            );
+        }
+        // The clients switch to the new active, with a token from it.
+        if let Some(rt) = &refresh {
+            let grant = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+            ];
+            let (access, _) = token(&probe, active.identity_addr.as_ref().unwrap(), &grant).await;
+            http = mode.client(&root, Some(&access));
+        }
+    }
+    if mode == Mode::Serve {
+        // A password login at the last active (its own bcrypt check).
+        let password = active.admin_password();
+        let grant = [
+            ("grant_type", "password"),
+            ("username", "admin"),
+            ("password", password.as_str()),
+        ];
+        token(&probe, active.identity_addr.as_ref().unwrap(), &grant).await;
+    }
+    let pids = [active.pid(), standby.pid()];
+    let status = standby.terminate();
+    assert!(status.success(), "standby exit status {status}");
+    let status = active.terminate();
+    assert!(status.success(), "active exit status {status}");
+    let left = processes_on(&root);
+    assert!(
+        left.is_empty(),
+        "still running on {}: {left:?} (last: {pids:?})",
+        root.display()
+    );
+    assert_eq!(work.totals.rounds, rounds);
+    Epoch {
+        totals: work.totals,
+        takeovers,
+        berth_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_active_the_standby_takes_over_and_loses_nothing() {
+    failover(
+        Mode::Registry,
+        fault_rounds(FAILOVER_ROUNDS, 1),
+        "failover test (berth registry serve)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_of_berth_serve_with_tokens_loses_nothing() {
+    failover(
+        Mode::Serve,
+        fault_rounds(FAILOVER_ROUNDS_SERVE, 4),
+        "failover test (berth serve, HTTPS, tokens)",
+    )
+    .await;
 }
 
 /// The window the main test only now and then hits, made wide: a manifest
