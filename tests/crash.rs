@@ -2194,7 +2194,7 @@ async fn failover_epoch(mode: Mode, rounds: usize, seed: u64) -> Epoch {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_of_the_active_the_standby_takes_over_and_loses_nothing() {
+async fn failover_sigkill_of_the_active_the_standby_takes_over_loses_nothing() {
     failover(
         Mode::Registry,
         fault_rounds(FAILOVER_ROUNDS, 1),
