@@ -210,14 +210,6 @@ pub enum LocalError {
     Cost(u32),
     #[error("no user {0:?}")]
     NoSuchUser(String),
-    #[error(
-        "{} exists but {} does not: a previous start stopped half-way; remove the password file and start again",
-        password_file.display(), users_file.display()
-    )]
-    StalePasswordFile {
-        users_file: PathBuf,
-        password_file: PathBuf,
-    },
     #[error("bcrypt failed: {0}")]
     Hash(String),
     #[error("the system's random source failed")]
@@ -859,21 +851,27 @@ pub fn ensure_admin(
     }
     let password = generate_password()?;
     let password_hash = hash_password(&password, cost)?;
-    let mut f = match OpenOptions::new()
+    // The password file is written before the users file: one without the
+    // other is a first start that was killed half-way. Its password never
+    // let anyone in (there was no users file), so it is replaced; refusing
+    // to start would keep a standby from ever taking over.
+    match fs::remove_file(password_file) {
+        Ok(()) => {
+            fsync_dir(parent_of(password_file))?;
+            tracing::warn!(
+                password_file = %password_file.display(),
+                "replacing the admin password file of an interrupted first start"
+            );
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(password_file)(e)),
+    }
+    let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(password_file)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(LocalError::StalePasswordFile {
-                users_file: users_file.to_owned(),
-                password_file: password_file.to_owned(),
-            });
-        }
-        Err(e) => return Err(io_err(password_file)(e)),
-    };
+        .map_err(io_err(password_file))?;
     let written = f
         .write_all(format!("{password}\n").as_bytes())
         .and_then(|()| f.sync_all())

@@ -466,17 +466,31 @@ async fn the_generated_password_logs_in_as_administrator() {
 }
 
 #[test]
-fn a_stale_password_file_is_not_overwritten() {
+fn the_password_file_of_an_interrupted_first_start_is_replaced() {
+    // A first start killed after writing the password file and before the
+    // users file: the next start (or a standby taking over) goes on.
     let dir = tempfile::tempdir().unwrap();
     let users_file = dir.path().join("users.toml");
     let password_file = dir.path().join("admin-password");
     fs::write(&password_file, "old\n").unwrap();
-    assert!(matches!(
-        ensure_admin(&users_file, &password_file, COST),
-        Err(LocalError::StalePasswordFile { .. })
-    ));
-    assert_eq!(fs::read_to_string(&password_file).unwrap(), "old\n");
-    assert!(!users_file.exists());
+    assert!(
+        ensure_admin(&users_file, &password_file, COST)
+            .unwrap()
+            .is_some()
+    );
+    let password = fs::read_to_string(&password_file).unwrap();
+    assert_ne!(password, "old\n");
+    assert_eq!(
+        fs::metadata(&password_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(users_file.exists());
+    let names: Vec<String> = list_users(&users_file)
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["admin"]);
 }
 
 #[test]
