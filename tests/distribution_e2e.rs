@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::berth::Berth;
 use common::clients::{
-    Proc, Ran, Skopeo, TestImage, processes_mentioning, read_oci_layout, run, run_ok,
+    Proc, Skopeo, TestImage, processes_mentioning, read_oci_layout, refused, run, run_ok,
 };
 use common::distribution::{Distribution, TokenAuth};
 use common::keystone::{DEFAULT_DOMAIN_ID, Keystone, UserLogin, unique};
@@ -58,23 +58,6 @@ async fn token_header(identity: &Berth, user: &UserLogin, repository: &str) -> s
     let jwt = body["token"].as_str().expect("token");
     let header = jwt.split('.').next().expect("JWT header");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("JSON")
-}
-
-/// Panics unless a client command failed because it was not authorized.
-fn refused(ran: Ran, what: &str) {
-    assert!(
-        !ran.status.success(),
-        "{what} succeeded: {}\n{}",
-        ran.what,
-        ran.stdout
-    );
-    let err = ran.stderr.to_lowercase();
-    assert!(
-        err.contains("unauthorized") || err.contains("denied"),
-        "{what} failed, but not for want of authorization:\n{}",
-        ran.stderr
-    );
-    eprintln!("refused, as it should be: {what}: {}", ran.stderr.trim());
 }
 
 #[tokio::test]

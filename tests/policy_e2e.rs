@@ -39,7 +39,9 @@ use std::time::Instant;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::berth::Berth;
-use common::clients::{Proc, Ran, Skopeo, TestImage, processes_mentioning, read_oci_blob, run};
+use common::clients::{
+    Proc, Ran, Skopeo, TestImage, processes_mentioning, read_oci_blob, refused, run,
+};
 use common::keystone::{DEFAULT_DOMAIN_ID, Keystone, UserLogin, unique};
 use common::pull_secret::pull_auth_file;
 use serde_json::{Value, json};
@@ -156,29 +158,6 @@ fn allowed(ran: Ran, what: &str) -> Ran {
         ran.stderr
     );
     ran
-}
-
-/// Panics unless a client command failed because it was not authorized
-/// (not for any other reason, such as an unknown image or a TLS error).
-fn refused(ran: Ran, what: &str) {
-    assert!(
-        !ran.status.success(),
-        "{what} succeeded: {}\n{}",
-        ran.what,
-        ran.stdout
-    );
-    let err = ran.stderr.to_lowercase();
-    assert!(
-        err.contains("unauthorized") || err.contains("denied"),
-        "{what} failed, but not for want of authorization:\n{}",
-        ran.stderr
-    );
-    assert!(
-        !err.contains("certificate") && !err.contains("x509"),
-        "{what}: a TLS failure:\n{}",
-        ran.stderr
-    );
-    eprintln!("refused, as it should be: {what}: {}", ran.stderr.trim());
 }
 
 /// The OCI layout `layout` (as pulled) holds `image`'s manifest.

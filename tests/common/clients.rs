@@ -634,3 +634,26 @@ impl Drop for Dockerd {
         self.shutdown();
     }
 }
+
+/// Panics unless a client command failed because it was not authorized
+/// (not for any other reason, such as an unknown image or a TLS error).
+pub fn refused(ran: Ran, what: &str) {
+    assert!(
+        !ran.status.success(),
+        "{what} succeeded: {}\n{}",
+        ran.what,
+        ran.stdout
+    );
+    let err = ran.stderr.to_lowercase();
+    assert!(
+        err.contains("unauthorized") || err.contains("denied"),
+        "{what} failed, but not for want of authorization:\n{}",
+        ran.stderr
+    );
+    assert!(
+        !err.contains("certificate") && !err.contains("x509"),
+        "{what}: a TLS failure:\n{}",
+        ran.stderr
+    );
+    eprintln!("refused, as it should be: {what}: {}", ran.stderr.trim());
+}
