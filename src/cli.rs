@@ -142,9 +142,13 @@ pub enum AuthFlag {
     None,
 }
 
-/// The flags every server has.
+/// The flags every server has. Each server has `--tls` too, but its help
+/// differs between `berth serve` and the single services, so each command
+/// declares it and hands it to [`ServerArgs::sources`].
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Write the process id to this file once serving or standing by
     /// (`server.pid_file`); removed on a clean exit.
     #[arg(long)]
@@ -152,17 +156,19 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn apply(&self, s: &mut Sources) {
-        let path = self.pid_file.as_ref().map(|p| p.display().to_string());
-        opt(s, "server.pid_file", "--pid-file", &path);
+    /// The configuration sources with `--pid-file` and the command's
+    /// `--tls` applied.
+    fn sources(&self, tls: Option<OnOff>) -> Sources {
+        let mut s = self.config.sources();
+        opt_path(&mut s, "server.pid_file", "--pid-file", &self.pid_file);
+        opt(&mut s, "tls.mode", "--tls", &tls.map(OnOff::as_str));
+        s
     }
 }
 
 /// `berth serve`
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
     #[command(flatten)]
     pub server: ServerArgs,
     /// HTTPS (`on`, the default) or plain HTTP (`off`) for both services (`tls.mode`).
@@ -188,8 +194,6 @@ pub struct ServeArgs {
 /// `berth registry serve`
 #[derive(Args, Debug)]
 pub struct RegistryServeArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
     #[command(flatten)]
     pub server: ServerArgs,
     /// `tls.mode`
@@ -221,8 +225,6 @@ pub struct RegistryServeArgs {
 /// `berth identity serve`
 #[derive(Args, Debug)]
 pub struct IdentityServeArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
     #[command(flatten)]
     pub server: ServerArgs,
     /// `tls.mode`
@@ -272,14 +274,15 @@ fn opt<T: ToString>(s: &mut Sources, key: &str, flag: &str, v: &Option<T>) {
     }
 }
 
+fn opt_path(s: &mut Sources, key: &str, flag: &str, v: &Option<PathBuf>) {
+    opt(s, key, flag, &v.as_ref().map(|p| p.display().to_string()));
+}
+
 impl ServeArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
-        let mut s = self.config.sources();
-        self.server.apply(&mut s);
-        opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        opt(&mut s, "tls.cert_file", "--tls-cert", &path(&self.tls_cert));
-        opt(&mut s, "tls.key_file", "--tls-key", &path(&self.tls_key));
+        let mut s = self.server.sources(self.tls);
+        opt_path(&mut s, "tls.cert_file", "--tls-cert", &self.tls_cert);
+        opt_path(&mut s, "tls.key_file", "--tls-key", &self.tls_key);
         opt(
             &mut s,
             "registry.listen",
@@ -299,9 +302,7 @@ impl ServeArgs {
 
 impl RegistryServeArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
-        let mut s = self.config.sources();
-        self.server.apply(&mut s);
-        opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
+        let mut s = self.server.sources(self.tls);
         opt(&mut s, "registry.listen", "--listen", &self.listen);
         let auth = self.auth.map(|a| match a {
             AuthFlag::Token => "token",
@@ -315,11 +316,12 @@ impl RegistryServeArgs {
             "--token-jwks-url",
             &self.token_jwks_url,
         );
-        let file = self
-            .token_jwks_file
-            .as_ref()
-            .map(|p| p.display().to_string());
-        opt(&mut s, "token.jwks_file", "--token-jwks-file", &file);
+        opt_path(
+            &mut s,
+            "token.jwks_file",
+            "--token-jwks-file",
+            &self.token_jwks_file,
+        );
         opt(
             &mut s,
             "token.service",
@@ -333,9 +335,7 @@ impl RegistryServeArgs {
 
 impl IdentityServeArgs {
     fn load(&self) -> anyhow::Result<Loaded> {
-        let mut s = self.config.sources();
-        self.server.apply(&mut s);
-        opt(&mut s, "tls.mode", "--tls", &self.tls.map(OnOff::as_str));
+        let mut s = self.server.sources(self.tls);
         opt(&mut s, "identity.listen", "--listen", &self.listen);
         opt(&mut s, "keystone.url", "--keystone-url", &self.keystone_url);
         load_logged(&s)
