@@ -30,9 +30,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +48,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::Header;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::durable::{self, WriteError};
 
 /// How long a key's certificate is valid. Distribution 2.8 checks the
 /// validity dates of the `x5c` chain, so this outlives any key.
@@ -135,6 +137,15 @@ pub enum KeyError {
     Sign(String),
     #[error("the key store holds no signing key")]
     NoSigningKey,
+}
+
+impl From<WriteError> for KeyError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Random => KeyError::Generate("no randomness".into()),
+            WriteError::Io { path, source } => KeyError::Io { path, source },
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
@@ -508,33 +519,6 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `bytes` to `dir/name` durably with mode 0600: temp file, fsync,
-/// rename, fsync of the directory.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
-    let mut suffix = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| KeyError::Generate("no randomness".into()))?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
-    let target = dir.join(name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &target).map_err(io_err(&target))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn fsync_dir(dir: &Path) -> Result<(), KeyError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -720,7 +704,7 @@ impl KeyStore {
         let json =
             serde_json::to_vec_pretty(&file).map_err(|e| KeyError::Generate(e.to_string()))?;
         let name = format!("{}.json", key.kid);
-        write_durably(&self.dir, &name, &json)?;
+        durable::replace_file(&self.dir.join(&name), &json)?;
         let key = Arc::new(key);
         state.keys.insert(name, Arc::clone(&key));
         Ok(key)

@@ -22,6 +22,7 @@
 pub mod audit;
 pub mod authn;
 pub mod backend;
+mod durable;
 pub mod http;
 pub mod keys;
 pub mod openstack;

@@ -69,6 +69,7 @@ use crate::authn::{
     Authenticator, AuthnError, AuthnFuture, Credentials, Identity, Method, ProjectDirectory,
     ProjectInfo, ProjectRoles,
 };
+use crate::durable::{self, WriteError, parent_of};
 
 /// The bcrypt cost for new hashes in production.
 pub const DEFAULT_BCRYPT_COST: u32 = 12;
@@ -214,6 +215,18 @@ pub enum LocalError {
     Hash(String),
     #[error("the system's random source failed")]
     Random,
+}
+
+impl From<WriteError> for LocalError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Random => LocalError::Random,
+            WriteError::Io { path, source } => LocalError::Io {
+                path,
+                cause: source,
+            },
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LocalError + '_ {
@@ -735,49 +748,10 @@ fn hash_password(password: &str, cost: u32) -> Result<String, LocalError> {
     bcrypt::non_truncating_hash(password, cost).map_err(|e| LocalError::Hash(e.to_string()))
 }
 
-/// The directory holding `path` (`.` for a bare file name).
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 fn fsync_dir(dir: &Path) -> Result<(), LocalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
-}
-
-/// Writes `text` to `path` atomically with mode 0600: temp file beside it,
-/// fsync, rename, fsync of the directory.
-fn write_atomic(path: &Path, text: &str) -> Result<(), LocalError> {
-    let dir = parent_of(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "users".into());
-    let mut suffix = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| LocalError::Random)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// An exclusive advisory lock on `<path>.lock`, held until dropped: one
@@ -817,7 +791,7 @@ fn write_users(path: &Path, users: Vec<UserRecord>) -> Result<(), LocalError> {
         path: path.to_owned(),
         message,
     })?;
-    write_atomic(path, &table.render())
+    Ok(durable::replace_file(path, table.render().as_bytes())?)
 }
 
 fn check_names(name: &str, projects: &BTreeMap<String, Role>) -> Result<(), LocalError> {
