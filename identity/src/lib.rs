@@ -26,6 +26,7 @@ mod durable;
 pub mod http;
 pub mod keys;
 pub mod openstack;
+mod percent;
 pub mod policy;
 pub mod pull_secret;
 pub mod ratelimit;

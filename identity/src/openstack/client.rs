@@ -10,6 +10,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::percent::encode;
+
 use super::{ClientConfig, Credential, DomainRef, ProjectRef, Secret, UserRef};
 
 /// How long one request to Keystone may take.
@@ -212,19 +214,6 @@ fn project_scope(p: &ProjectRef) -> Value {
             json!({ "project": { "name": name, "domain": domain_json(domain) } })
         }
     }
-}
-
-/// Percent-encodes a path segment (Keystone ids are hex in practice).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Keystone's `error.message`, or the start of the body.

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::percent::encode;
+
 /// What went wrong talking to Keystone.
 #[derive(Debug)]
 pub(super) enum ApiError {
@@ -448,19 +450,6 @@ impl Api {
 /// When Keystone's token says nothing usable about its lifetime.
 const DEFAULT_SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
-/// Percent-encodes a path segment or query value (ids are hex in practice).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Keystone's timestamps (`2026-11-28T07:52:41.000000Z`, UTC) as seconds
 /// since the epoch. Only differences are used, so the clock of this machine
 /// never matters.
@@ -505,12 +494,6 @@ mod tests {
         for bad in ["", "2026-11-28", "2026-13-01T00:00:00Z", "x-y-zT1:2:3Z"] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn encoding() {
-        assert_eq!(encode("abc-123_x.y~"), "abc-123_x.y~");
-        assert_eq!(encode("a b&c=d/"), "a%20b%26c%3Dd%2F");
     }
 
     #[test]
