@@ -402,14 +402,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
-        let (mut guard, size) = self.lock_session(repo, id).await?;
-        if start.is_some_and(|s| s != size) {
-            return Err(RegistryError::RangeInvalid { size });
-        }
-        let hasher = self.hash_state(repo, id, guard.take(), size).await?;
-        let (mut guard, hasher, new_size) = self
-            .write_body(guard, repo, id, size, hasher, len, body)
-            .await?;
+        let (mut guard, hasher, new_size) = self.write_body(repo, id, start, len, body).await?;
         *guard = Some(HashState {
             size: new_size,
             hasher,
@@ -432,14 +425,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
-        let (mut guard, size) = self.lock_session(repo, id).await?;
-        if start.is_some_and(|s| s != size) {
-            return Err(RegistryError::RangeInvalid { size });
-        }
-        let hasher = self.hash_state(repo, id, guard.take(), size).await?;
-        let (guard, hasher, _) = self
-            .write_body(guard, repo, id, size, hasher, len, body)
-            .await?;
+        let (guard, hasher, _) = self.write_body(repo, id, start, len, body).await?;
         let actual = match digest.algorithm() {
             Algorithm::Sha256 => hasher.finish(),
             other => {
@@ -497,25 +483,21 @@ impl Registry {
         }
     }
 
-    /// Streams `body` onto the end of the upload (at `offset`), hashing it
-    /// on the way. The chunk is durable when this returns `Ok`, and rolled
-    /// back if anything fails.
+    /// Locks the upload's session, checks that the chunk starts where the
+    /// upload ends (`start`, when the client said where), and streams `body`
+    /// onto the end, hashing it on the way. Returns the session's lock, the
+    /// hash of everything the upload holds and its new size. The chunk is
+    /// durable when this returns `Ok`, and rolled back if anything fails.
     ///
     /// The session's lock travels with the writer to the disk thread and
     /// comes back when the writer is done: should this future be dropped
     /// half-way (client gone), the lock is released only after the partial
     /// chunk has been rolled back, so no other request can interleave.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site per upload style; a struct would only rename them"
-    )]
     async fn write_body<S, E>(
         &self,
-        guard: SessionGuard,
         repo: &RepoName,
         id: &UploadId,
-        offset: u64,
-        mut hasher: Hasher,
+        start: Option<u64>,
         len: Option<u64>,
         mut body: S,
     ) -> Result<(SessionGuard, Hasher, u64)>
@@ -523,6 +505,11 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: Display,
     {
+        let (mut guard, offset) = self.lock_session(repo, id).await?;
+        if start.is_some_and(|s| s != offset) {
+            return Err(RegistryError::RangeInvalid { size: offset });
+        }
+        let mut hasher = self.hash_state(repo, id, guard.take(), offset).await?;
         let (store, r, i) = (self.store.clone(), repo.clone(), id.clone());
         let (tx, mut rx) = mpsc::channel::<WriteMsg>(UPLOAD_QUEUE);
         let disk = tokio::task::spawn_blocking(move || -> (SessionGuard, Result<u64>) {
