@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::percent::encode;
@@ -225,6 +226,17 @@ async fn error_message(resp: reqwest::Response) -> String {
         .unwrap_or_else(|| text.chars().take(200).collect())
 }
 
+/// The answer's JSON body; one that does not parse is a `BadAnswer`.
+async fn json_body<T: DeserializeOwned>(
+    what: &'static str,
+    resp: reqwest::Response,
+) -> Result<T, ClientError> {
+    resp.json().await.map_err(|e| ClientError::BadAnswer {
+        what,
+        why: e.to_string(),
+    })
+}
+
 async fn status_error(what: &'static str, resp: reqwest::Response) -> ClientError {
     let status = resp.status();
     let message = error_message(resp).await;
@@ -327,10 +339,7 @@ impl IdentityClient {
                 what,
                 why: "no X-Subject-Token header".into(),
             })?;
-        let body: TokenResponse = resp.json().await.map_err(|e| ClientError::BadAnswer {
-            what,
-            why: e.to_string(),
-        })?;
+        let body: TokenResponse = json_body(what, resp).await?;
         let b = body.token;
         Ok(Login {
             token,
@@ -413,10 +422,7 @@ impl IdentityClient {
         if !resp.status().is_success() {
             return Err(status_error(WHAT, resp).await);
         }
-        let body: ProjectsResponse = resp.json().await.map_err(|e| ClientError::BadAnswer {
-            what: WHAT,
-            why: e.to_string(),
-        })?;
+        let body: ProjectsResponse = json_body(WHAT, resp).await?;
         Ok(body.projects)
     }
 
@@ -451,10 +457,7 @@ impl IdentityClient {
         if !resp.status().is_success() {
             return Err(status_error(WHAT, resp).await);
         }
-        let body: AppCredResponse = resp.json().await.map_err(|e| ClientError::BadAnswer {
-            what: WHAT,
-            why: e.to_string(),
-        })?;
+        let body: AppCredResponse = json_body(WHAT, resp).await?;
         let ac = body.application_credential;
         Ok(ApplicationCredential {
             id: ac.id,
