@@ -6,7 +6,8 @@
 //!
 //! With a [`token::TokenAuth`] ([`router_with_auth`]), every `/v2` request
 //! must carry a bearer token granting its access, checked after the
-//! endpoint is parsed and before the handler reads the body.
+//! endpoint is parsed and before the handler reads the body (a refused
+//! request's small body is read and dropped, see `discard_body`).
 
 pub mod error;
 pub mod route;
@@ -86,25 +87,72 @@ async fn dispatch(
             .err(),
         None => None,
     };
-    let result = match (refused, route) {
-        (Some(err), _) => Err(err),
-        (None, Ok(ep)) => handle(&state.registry, ep, &method, &uri, &headers, body).await,
-        (None, Err(RouteError::NameInvalid)) => Err(ApiError::new(Code::NameInvalid)),
-        (None, Err(RouteError::NotFound)) => Err(ApiError::new(Code::Unsupported)
-            .status(StatusCode::NOT_FOUND)
-            .message("no such endpoint")),
+    let (result, unread) = match (refused, route) {
+        (None, Ok(ep)) => (
+            handle(&state.registry, ep, &method, &uri, &headers, body).await,
+            // A handler's error may come before or during its reading.
+            has_body,
+        ),
+        (refused, route) => {
+            let err = refused.unwrap_or_else(|| match route {
+                Err(RouteError::NameInvalid) => ApiError::new(Code::NameInvalid),
+                _ => ApiError::new(Code::Unsupported)
+                    .status(StatusCode::NOT_FOUND)
+                    .message("no such endpoint"),
+            });
+            let limit = state.registry.config().max_manifest_size as u64;
+            (
+                Err(err),
+                has_body && !discard_body(body, &headers, limit).await,
+            )
+        }
     };
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut()
         .insert("docker-distribution-api-version", API_VERSION);
-    if version <= Version::HTTP_11 && has_body && !resp.status().is_success() {
-        // The request may have been refused before its body was read; hyper
-        // then closes the connection after the response. Say so, or the
-        // client reuses the connection and its next request fails.
+    if version <= Version::HTTP_11 && unread && !resp.status().is_success() {
+        // Refused before its body was read: hyper closes the connection
+        // after the response. Say so, or the client reuses the connection
+        // and its next request fails.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// How long a refused request's body may take to arrive for [`discard_body`].
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops the body of a request refused before any handler saw it
+/// (a missing token, a name that is no repository), if it is at most
+/// `limit` bytes (the largest manifest) and arrives within
+/// [`DISCARD_TIME`]; returns whether all of it was read. A client that
+/// sends a small body while waiting for the answer (containerd 1.6 pushes a
+/// manifest through a pipe and reports "read/write on closed pipe" instead
+/// of a 401 that arrives first) then gets the answer on a connection that
+/// stays open. A larger body, a blob upload, is not read: the connection
+/// closes after the answer.
+async fn discard_body(body: Body, headers: &HeaderMap, limit: u64) -> bool {
+    if content_length(headers).is_some_and(|l| l > limit) {
+        return false;
+    }
+    let read_all = async {
+        let mut stream = body.into_data_stream();
+        let mut read = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => read += chunk.len() as u64,
+                Err(_) => return false,
+            }
+            if read > limit {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DISCARD_TIME, read_all)
+        .await
+        .unwrap_or(false)
 }
 
 /// 405, with the `Allow` header RFC 9110 requires.

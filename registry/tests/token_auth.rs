@@ -320,7 +320,8 @@ async fn no_token_gets_the_challenge() {
         .body(data),
     )
     .await;
-    assert_eq!(header(&resp, "connection").as_deref(), Some("close"));
+    // The small body was read: the connection stays open.
+    assert_eq!(header(&resp, "connection"), None);
     expect_401(
         resp,
         "UNAUTHORIZED",
@@ -354,6 +355,61 @@ async fn no_token_gets_the_challenge() {
     assert!(srv.written().is_empty(), "{:?}", srv.written());
 }
 
+/// A request refused before any handler read its body: a small body (up to
+/// the largest manifest) is read first, however slowly it comes within the
+/// limit, and the answer follows on a connection that stays open; a larger
+/// one is not read, and the answer says `Connection: close`.
+#[tokio::test]
+async fn refused_small_bodies_are_read_before_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = start().await;
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    let manifest = image_manifest(OCI_MANIFEST, desc(OCI_CONFIG, b"{}"), vec![], json!({}));
+    let put = format!(
+        "PUT /v2/alice/app/manifests/v1 HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: {OCI_MANIFEST}\r\nContent-Length: {}\r\n\r\n",
+        manifest.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(put.as_bytes()).await.unwrap();
+    let (first, rest) = manifest.split_at(manifest.len() / 2);
+    conn.write_all(first).await.unwrap();
+    // No answer while the body is still coming...
+    let mut buf = vec![0u8; 64 << 10];
+    let early = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
+    assert!(early.is_err(), "answered before the body was complete");
+    conn.write_all(rest).await.unwrap();
+    // ... then the 401, without `Connection: close`.
+    let n = conn.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    // The same connection serves the next request.
+    conn.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let n = conn.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // Larger than a manifest may be: not read, and the connection closes.
+    let big = bytes(5 << 20, 9);
+    let resp = send(
+        srv.req(Method::PUT, "/v2/alice/app/manifests/v1", None)
+            .header("content-type", OCI_MANIFEST)
+            .body(big),
+    )
+    .await;
+    assert_eq!(header(&resp, "connection").as_deref(), Some("close"));
+    expect_401(
+        resp,
+        "UNAUTHORIZED",
+        &challenge(Some("repository:alice/app:pull,push"), None),
+    )
+    .await;
+    assert!(srv.written().is_empty(), "{:?}", srv.written());
+}
+
 #[tokio::test]
 async fn a_token_for_another_repository_writes_nothing() {
     let srv = start().await;
@@ -369,7 +425,7 @@ async fn a_token_for_another_repository_writes_nothing() {
         .body(data.clone()),
     )
     .await;
-    assert_eq!(header(&resp, "connection").as_deref(), Some("close"));
+    assert_eq!(header(&resp, "connection"), None);
     expect_401(
         resp,
         "DENIED",
