@@ -877,8 +877,8 @@ pub fn tcp_nodelay_listener(tcp: TcpListener) -> TapIo<TcpListener, fn(&mut TcpS
 }
 
 /// What berth prints when it has created its CA: where `ca.crt` is and the
-/// commands that make docker, podman/skopeo/buildah (per `host:port`, for
-/// each of `ports`) and the system trust store (curl and most other tools)
+/// commands that make docker, podman/skopeo/buildah, containerd (per
+/// `host:port`, for each of `ports`) and the system trust store (curl and most other tools)
 /// trust it. IPv6 hosts are bracketed (`[::1]:9001`).
 pub fn trust_instructions(ca_cert: &Path, host: &str, ports: &[u16]) -> String {
     let ca = shell_quote(&ca_cert.display().to_string());
@@ -893,9 +893,12 @@ pub fn trust_instructions(ca_cert: &Path, host: &str, ports: &[u16]) -> String {
     for port in ports {
         let docker = shell_quote(&format!("/etc/docker/certs.d/{host}:{port}/ca.crt"));
         let containers = shell_quote(&format!("/etc/containers/certs.d/{host}:{port}/ca.crt"));
+        let containerd = shell_quote(&format!("/etc/containerd/certs.d/{host}:{port}/ca.crt"));
         text.push_str(&format!(
             "\nFor {host}:{port}:\n  docker:\n    sudo install -D -m 0644 {ca} {docker}\n  \
-             podman, skopeo, buildah:\n    sudo install -D -m 0644 {ca} {containers}\n"
+             podman, skopeo, buildah:\n    sudo install -D -m 0644 {ca} {containers}\n  \
+             containerd (Kubernetes nodes; with the CRI plugin's registry config_path = \
+             \"/etc/containerd/certs.d\"):\n    sudo install -D -m 0644 {ca} {containerd}\n"
         ));
     }
     text.push_str(&format!(
@@ -1181,6 +1184,9 @@ mod tests {
             "sudo install -D -m 0644 /var/lib/berth/tls/ca.crt '/etc/docker/certs.d/[::1]:9001/ca.crt'"
         ));
         assert!(text.contains("'/etc/containers/certs.d/[::1]:9000/ca.crt'"));
+        assert!(text.contains(
+            "sudo install -D -m 0644 /var/lib/berth/tls/ca.crt '/etc/containerd/certs.d/[::1]:9001/ca.crt'"
+        ));
         assert!(text.contains(
             "/usr/local/share/ca-certificates/berth-ca.crt && sudo update-ca-certificates"
         ));

@@ -2,8 +2,9 @@
 //! image written without any daemon (an OCI layout from
 //! `tests/fixtures/make_image.py`, and a `docker-archive` of it made by
 //! skopeo), `skopeo`, `podman` with its own vfs storage, a private `dockerd`
-//! per test (stopped by its PID, with the containerd it spawned), and the
-//! PyPI `oras` package driven by `tests/fixtures/oras_client.py`.
+//! per test (stopped by its PID, with the containerd it spawned), a private
+//! `containerd` for `ctr`, and the PyPI `oras` package driven by
+//! `tests/fixtures/oras_client.py`.
 //!
 //! Every required tool is looked up when a fixture is made; a missing one
 //! FAILS the test with a message pointing at `scripts/install-test-deps`.
@@ -635,6 +636,153 @@ impl Drop for Dockerd {
     }
 }
 
+/// A private containerd for `ctr`: its own root, state and sockets in a
+/// short temp dir under /tmp, the CRI plugin off (the tests drive it with
+/// `ctr`, not a kubelet), stopped by its PID. Registry trust comes from a
+/// host directory of its own, laid out as `/etc/containerd/certs.d` is on a
+/// node (see [`Containerd::trust`]).
+pub struct Containerd {
+    child: Child,
+    proc: Proc,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    ctr: PathBuf,
+    stopped: bool,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let containerd = tool("containerd");
+        let ctr = tool("ctr");
+        let dir = tempfile::Builder::new()
+            .prefix("ct")
+            .tempdir_in("/tmp")
+            .expect("containerd temp dir");
+        let d = dir.path();
+        let socket = d.join("c.sock");
+        std::fs::create_dir_all(d.join("hosts")).expect("hosts dir");
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{grpc}\"\n[ttrpc]\n  address = \"{ttrpc}\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                grpc = socket.display(),
+                ttrpc = d.join("t.sock").display(),
+                opt = d.join("opt").display(),
+            ),
+        )
+        .expect("containerd config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("containerd log");
+        let child = Command::new(&containerd)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", containerd.display()));
+        let proc = Proc::of(child.id()).expect("containerd in /proc");
+        let mut me = Containerd {
+            child,
+            proc,
+            dir,
+            socket,
+            ctr,
+            stopped: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = me.child.try_wait().expect("wait containerd") {
+                panic!("containerd exited ({status}) while starting:\n{}", me.log());
+            }
+            if run(me.ctr().arg("version")).status.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log = me.log();
+                me.shutdown();
+                panic!("containerd did not answer `ctr version` within 60 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    /// `ctr` talking to this containerd, in the namespace `berth-test`.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new(&self.ctr);
+        c.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "berth-test"])
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE");
+        c
+    }
+
+    /// The host directory to give `ctr` as `--hosts-dir` (on a node:
+    /// `/etc/containerd/certs.d`, the CRI plugin's `config_path`).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.path().join("hosts")
+    }
+
+    /// Writes `HOST:PORT/hosts.toml` into the host directory: HTTPS to the
+    /// registry (containerd would speak plain HTTP to a loopback address
+    /// otherwise), trusting `ca` (the system roots only when `None`).
+    pub fn trust(&self, registry: &str, ca: Option<&Path>) {
+        let dir = self.hosts_dir().join(registry);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        // The registry as `server` and as its one `[host]` entry, both with
+        // the CA: containerd 1.6 refuses a file without a `[host]` tree, and
+        // falls back from the hosts to `server`.
+        let ca = ca
+            .map(|ca| format!("ca = \"{}\"\n", ca.display()))
+            .unwrap_or_default();
+        let toml = format!(
+            "server = \"https://{registry}\"\n{ca}\n[host.\"https://{registry}\"]\n\
+             capabilities = [\"pull\", \"resolve\", \"push\"]\n{ca}"
+        );
+        std::fs::write(dir.join("hosts.toml"), toml).expect("hosts.toml");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Stops containerd (SIGTERM, then SIGKILL) and waits until it is gone.
+    pub fn stop(mut self) -> Proc {
+        self.shutdown();
+        self.proc
+    }
+
+    fn shutdown(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.proc.signal("-TERM");
+        if !self.proc.wait_gone(Duration::from_secs(20)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// Panics unless a client command failed because it was not authorized
 /// (not for any other reason, such as an unknown image or a TLS error).
 pub fn refused(ran: Ran, what: &str) {
@@ -646,7 +794,9 @@ pub fn refused(ran: Ran, what: &str) {
     );
     let err = ran.stderr.to_lowercase();
     assert!(
-        err.contains("unauthorized") || err.contains("denied"),
+        err.contains("unauthorized")
+            || err.contains("denied")
+            || err.contains("insufficient_scope"),
         "{what} failed, but not for want of authorization:\n{}",
         ran.stderr
     );
