@@ -131,9 +131,13 @@ const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// manifest through a pipe and reports "read/write on closed pipe" instead
 /// of a 401 that arrives first) then gets the answer on a connection that
 /// stays open. A larger body, a blob upload, is not read: the connection
-/// closes after the answer.
+/// closes after the answer. Nor is one the client holds back until told to
+/// go on (`Expect: 100-continue`): reading it would ask for it.
 async fn discard_body(body: Body, headers: &HeaderMap, limit: u64) -> bool {
-    if content_length(headers).is_some_and(|l| l > limit) {
+    let waits = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits || content_length(headers).is_some_and(|l| l > limit) {
         return false;
     }
     let read_all = async {

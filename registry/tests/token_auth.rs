@@ -392,6 +392,19 @@ async fn refused_small_bodies_are_read_before_the_answer() {
     let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
 
+    // A client waiting for `100 Continue` is not asked for its body: the
+    // answer comes at once.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let waiting = put.replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+    conn.write_all(waiting.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("an answer without the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+
     // Larger than a manifest may be: not read, and the connection closes.
     let big = bytes(5 << 20, 9);
     let resp = send(
