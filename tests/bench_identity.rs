@@ -36,9 +36,7 @@ async fn token_service_benchmark() {
     let ks = Keystone::start();
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
-    let user = admin
-        .create_user(&unique("bench"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
+    let user = admin.new_user("bench").await;
     let project = unique("benchproj");
     let pid = admin.create_project(&project, DEFAULT_DOMAIN_ID, &[]).await;
     admin.assign_project_role(&user.id, &pid, "member").await;
@@ -47,14 +45,15 @@ async fn token_service_benchmark() {
         Berth::start_identity(
             &dir.path().join("data"),
             &[
-                ("BERTH_KEYSTONE_URL", ks.url()),
-                ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
-                ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-                ("BERTH_KEYSTONE_CACHE_TTL", ttl),
-                ("BERTH_KEYSTONE_ROLES_TTL", roles_ttl),
-                ("BERTH_LOG", "warn"),
-                ("BERTH_IDENTITY_AUDIT_LOG", "/dev/null"),
-            ],
+                &ks.berth_env(&svc)[..],
+                &[
+                    ("BERTH_KEYSTONE_CACHE_TTL", ttl),
+                    ("BERTH_KEYSTONE_ROLES_TTL", roles_ttl),
+                    ("BERTH_LOG", "warn"),
+                    ("BERTH_IDENTITY_AUDIT_LOG", "/dev/null"),
+                ],
+            ]
+            .concat(),
         )
     };
     let basic = base64::engine::general_purpose::STANDARD

@@ -123,23 +123,15 @@ async fn containerd_pulls_and_pushes_with_keystone_credentials_and_pull_secrets(
     let ks = Keystone::start();
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
-    let m = admin
-        .create_user(&unique("m"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
-    let o = admin
-        .create_user(&unique("o"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
+    let m = admin.new_user("m").await;
+    let o = admin.new_user("o").await;
     let p = unique("team");
     let p_id = admin.create_project(&p, DEFAULT_DOMAIN_ID, &[]).await;
     admin.assign_project_role(&m.id, &p_id, "member").await;
     lap("Keystone with a project, a member and an outsider");
 
     let tmp = tempfile::tempdir().unwrap();
-    let env = [
-        ("BERTH_KEYSTONE_URL", ks.url()),
-        ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
-        ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-    ];
+    let env = ks.berth_env(&svc);
     let berth = Berth::start_all(&tmp.path().join("berth"), "127.0.0.1", &[], &env);
     let berth_proc = Proc::of(berth.pid()).expect("berth running");
     let registry = berth.addr.clone();

@@ -19,7 +19,7 @@ use common::clients::{
     Proc, Skopeo, TestImage, processes_mentioning, read_oci_layout, refused, run, run_ok,
 };
 use common::distribution::{Distribution, TokenAuth};
-use common::keystone::{DEFAULT_DOMAIN_ID, Keystone, UserLogin, unique};
+use common::keystone::{Keystone, UserLogin};
 
 /// Distribution's `service` and `issuer`; berth is started with the same
 /// values (they are also its defaults).
@@ -68,12 +68,8 @@ async fn distribution_2_8_enforces_berths_tokens() {
     let keystone_dir = ks.dir().to_owned();
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
-    let alice = admin
-        .create_user(&unique("alice"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
-    let bob = admin
-        .create_user(&unique("bob"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
+    let alice = admin.new_user("alice").await;
+    let bob = admin.new_user("bob").await;
     lap("Keystone with alice and bob");
 
     let tmp = tempfile::tempdir().unwrap();
@@ -81,12 +77,13 @@ async fn distribution_2_8_enforces_berths_tokens() {
     let identity = Berth::start_identity(
         &data,
         &[
-            ("BERTH_KEYSTONE_URL", ks.url()),
-            ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
-            ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-            ("BERTH_TOKEN_SERVICE", SERVICE),
-            ("BERTH_TOKEN_ISSUER", ISSUER),
-        ],
+            &ks.berth_env(&svc)[..],
+            &[
+                ("BERTH_TOKEN_SERVICE", SERVICE),
+                ("BERTH_TOKEN_ISSUER", ISSUER),
+            ],
+        ]
+        .concat(),
     );
 
     // The bundle Distribution trusts: the certificate of berth's one key,

@@ -41,7 +41,7 @@ use common::clients::{
     Dockerd, Podman, Skopeo, TestImage, descendants, processes_mentioning, read_oci_layout, run,
     run_input, run_ok,
 };
-use common::keystone::{DEFAULT_DOMAIN_ID, Keystone, UserLogin, unique};
+use common::keystone::{Keystone, UserLogin, unique};
 
 /// What every client prints when it does not trust the server's certificate.
 const UNKNOWN_CA: &str = "x509: certificate signed by unknown authority";
@@ -57,12 +57,8 @@ async fn keystone_users() -> (&'static Keystone, UserLogin, UserLogin, UserLogin
     let ks = Keystone::shared();
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
-    let alice = admin
-        .create_user(&unique("alice"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
-    let bob = admin
-        .create_user(&unique("bob"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
+    let alice = admin.new_user("alice").await;
+    let bob = admin.new_user("bob").await;
     (ks, svc, alice, bob)
 }
 
@@ -75,16 +71,7 @@ fn berth_with_keystone(
     ks: &Keystone,
     svc: &UserLogin,
 ) -> Berth {
-    let b = Berth::start_all(
-        data,
-        listen_ip,
-        flags,
-        &[
-            ("BERTH_KEYSTONE_URL", ks.url()),
-            ("BERTH_KEYSTONE_USERNAME", &svc.name),
-            ("BERTH_KEYSTONE_PASSWORD", &svc.password),
-        ],
-    );
+    let b = Berth::start_all(data, listen_ip, flags, &ks.berth_env(svc));
     let log = b.log.lock().unwrap().join("\n");
     assert!(log.contains("identity backend: Keystone"), "{log}");
     assert!(

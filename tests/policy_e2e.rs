@@ -297,15 +297,7 @@ async fn the_registry_enforces_the_namespace_policy() {
     let keystone_dir = ks.dir().to_owned();
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
-    let user = |prefix: &str| {
-        let admin = &admin;
-        let name = unique(prefix);
-        async move {
-            admin
-                .create_user(&name, DEFAULT_DOMAIN_ID, &unique("pw"))
-                .await
-        }
-    };
+    let user = |prefix: &'static str| admin.new_user(prefix);
     let (alice, bob, m, r, k, o, boss) = (
         user("alice").await,
         user("bob").await,
@@ -346,11 +338,7 @@ async fn the_registry_enforces_the_namespace_policy() {
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("berth");
-    let keystone_env = [
-        ("BERTH_KEYSTONE_URL", ks.url()),
-        ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
-        ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-    ];
+    let keystone_env = ks.berth_env(&svc);
     let mut env = keystone_env.to_vec();
     env.push(("BERTH_IDENTITY_ANONYMOUS_PULL_PUBLIC", "true"));
     let berth = Berth::start_all(&data, "127.0.0.1", &[], &env);

@@ -23,9 +23,7 @@ const REGISTRY: &str = "registry.example:5000";
 async fn user_and_project(admin: &Admin, role: Option<&str>) -> (UserLogin, String, String) {
     let project = unique("team");
     let project_id = admin.create_project(&project, DEFAULT_DOMAIN_ID, &[]).await;
-    let user = admin
-        .create_user(&unique("dev"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
+    let user = admin.new_user("dev").await;
     if let Some(role) = role {
         admin.assign_project_role(&user.id, &project_id, role).await;
     }

@@ -8,28 +8,17 @@ mod common;
 
 use common::berth::Berth;
 use common::clients::{Skopeo, TestImage, read_oci_layout, run, run_ok};
-use common::keystone::{DEFAULT_DOMAIN_ID, Keystone, unique};
+use common::keystone::Keystone;
 
 #[tokio::test]
 async fn users_may_only_modify_what_is_theirs() {
     let ks = Keystone::start();
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
-    let alice = admin
-        .create_user(&unique("alice"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
-    let bob = admin
-        .create_user(&unique("bob"), DEFAULT_DOMAIN_ID, &unique("pw"))
-        .await;
+    let alice = admin.new_user("alice").await;
+    let bob = admin.new_user("bob").await;
     let tmp = tempfile::tempdir().unwrap();
-    let identity = Berth::start_identity(
-        &tmp.path().join("identity"),
-        &[
-            ("BERTH_KEYSTONE_URL", ks.url()),
-            ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
-            ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
-        ],
-    );
+    let identity = Berth::start_identity(&tmp.path().join("identity"), &ks.berth_env(&svc));
     let realm = format!("{}/token", identity.url());
     let jwks = format!("{}/.well-known/jwks.json", identity.url());
     let registry = Berth::start_registry(

@@ -27,15 +27,13 @@ async fn setup(extra_env: &[(&str, &str)]) -> Setup {
     let admin = ks.admin();
     let svc = admin.create_service_account().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut envs = vec![
-        ("BERTH_KEYSTONE_URL", ks.url()),
-        ("BERTH_KEYSTONE_USERNAME", svc.name.as_str()),
-        ("BERTH_KEYSTONE_PASSWORD", svc.password.as_str()),
+    let mut envs = ks.berth_env(&svc).to_vec();
+    envs.extend_from_slice(&[
         ("BERTH_KEYSTONE_CACHE_TTL", "1"),
         ("BERTH_KEYSTONE_PROJECTS_TTL", "1"),
         ("BERTH_TOKEN_SERVICE", "berth-test"),
         ("BERTH_TOKEN_ISSUER", "berth-test-issuer"),
-    ];
+    ]);
     envs.extend_from_slice(extra_env);
     let berth = Berth::start_identity(&dir.path().join("data"), &envs);
     Setup {
@@ -106,10 +104,7 @@ impl Setup {
     }
 
     async fn user(&self) -> UserLogin {
-        let name = unique("u");
-        self.admin
-            .create_user(&name, DEFAULT_DOMAIN_ID, &unique("pw"))
-            .await
+        self.admin.new_user("u").await
     }
 }
 

@@ -259,6 +259,16 @@ impl Keystone {
         (ADMIN_USER, &self.admin_password)
     }
 
+    /// The environment that has berth check passwords with this Keystone
+    /// through the service account `svc`.
+    pub fn berth_env<'a>(&'a self, svc: &'a UserLogin) -> [(&'static str, &'a str); 3] {
+        [
+            ("BERTH_KEYSTONE_URL", self.url()),
+            ("BERTH_KEYSTONE_USERNAME", &svc.name),
+            ("BERTH_KEYSTONE_PASSWORD", &svc.password),
+        ]
+    }
+
     /// An admin client (a fresh one per test: see the module doc).
     pub fn admin(&self) -> Admin {
         Admin::new(&self.v3(), &self.admin_password, self.log.clone())
@@ -760,6 +770,13 @@ impl Admin {
         }
     }
 
+    /// Creates an enabled user in the default domain with a unique name
+    /// (`prefix-<random>`, see [`unique`]) and a unique password.
+    pub async fn new_user(&self, prefix: &str) -> UserLogin {
+        self.create_user(&unique(prefix), DEFAULT_DOMAIN_ID, &unique("pw"))
+            .await
+    }
+
     /// The id of the role named `name`.
     pub async fn role_id(&self, name: &str) -> String {
         let (_, v) = self
@@ -803,9 +820,7 @@ impl Admin {
     /// A service account for the authenticator: a user in the default
     /// domain with `reader` on the system. Returns its login.
     pub async fn create_service_account(&self) -> UserLogin {
-        let name = unique("svc-berth");
-        let password = unique("pw");
-        let user = self.create_user(&name, DEFAULT_DOMAIN_ID, &password).await;
+        let user = self.new_user("svc-berth").await;
         self.assign_system_role(&user.id, "reader").await;
         user
     }
