@@ -21,13 +21,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::berth::Berth;
+use common::berth::{Berth, collect_log};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -187,24 +187,10 @@ impl Traced {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn strace (scripts/install-test-deps installs it)");
-        let stderr = strace.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split("registry listening addr=")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                log2.lock().unwrap().push(line);
-            }
-        });
+        let (log, rx) = collect_log(
+            strace.stderr.take().expect("stderr"),
+            "registry listening addr=",
+        );
         let addr = rx.recv_timeout(Duration::from_secs(60));
         let berth_pid = children_of(strace.id()).first().copied();
         let (Ok(addr), Some(berth_pid)) = (addr, berth_pid) else {

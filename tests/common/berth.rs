@@ -1,10 +1,10 @@
 //! Starts the real `berth` binary on an ephemeral loopback port and reads
 //! the address it bound from its log.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 /// A running `berth registry serve`, killed (SIGKILL) when dropped unless
@@ -16,7 +16,7 @@ pub struct Berth {
     /// `berth serve`: the token service's address (`addr` is the registry's).
     pub identity_addr: Option<String>,
     /// Everything the process logged so far (collected in the background).
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Berth {
@@ -187,24 +187,7 @@ impl Berth {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn berth");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split(marker)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                log2.lock().unwrap().push(line);
-            }
-        });
+        let (log, rx) = collect_log(child.stderr.take().expect("stderr"), marker);
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
@@ -247,6 +230,32 @@ impl Berth {
             .status();
         self.child.wait().expect("wait for berth")
     }
+}
+
+/// Collects the lines of `stderr` (a berth process's log) in the background
+/// and sends, once, the address in the first line `...<marker><addr> ...`.
+pub fn collect_log(
+    stderr: impl Read + Send + 'static,
+    marker: &'static str,
+) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .split(marker)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+            log2.lock().unwrap().push(line);
+        }
+    });
+    (log, rx)
 }
 
 /// `berth keys SUBCOMMAND --data-dir DIR`
