@@ -7,16 +7,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::berth::Berth;
-
-fn client_trusting(ca: &std::path::Path) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
-}
+use common::berth::{Berth, client_trusting};
 
 fn port(addr: &str) -> &str {
     addr.rsplit(':').next().unwrap()

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::berth::Berth;
+use common::clients::sha256_digest;
 use serde_json::{Value, json};
 
 const REPOS: [&str; 3] = ["gc/alpha", "gc/beta", "gc/gamma/deep"];
@@ -46,11 +47,6 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const ACCEPT: &str =
     "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
-
-fn sha256(data: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    format!("sha256:{}", hex::encode(d.as_ref()))
-}
 
 /// splitmix64
 struct Rng(u64);
@@ -87,7 +83,7 @@ struct Blob {
 impl Blob {
     fn new(data: Vec<u8>) -> Blob {
         Blob {
-            digest: sha256(&data),
+            digest: sha256_digest(&data),
             data: Arc::new(data),
         }
     }
@@ -305,7 +301,7 @@ impl Client {
             if status != 200 {
                 return fail(format!("GET manifest {repo}:{r}: {status}"));
             }
-            let actual = sha256(&body);
+            let actual = sha256_digest(&body);
             if actual != digest || (r.starts_with("sha256:") && r != actual) {
                 return fail(format!(
                     "manifest {repo}:{r}: content {actual}, header {digest}"
@@ -330,7 +326,7 @@ impl Client {
                 if status == 404 {
                     return Ok(None);
                 }
-                if status != 200 || sha256(&data) != d {
+                if status != 200 || sha256_digest(&data) != d {
                     return fail(format!("blob {repo}@{d}: {status}, {} bytes", data.len()));
                 }
                 reached.insert(d.to_owned());
@@ -410,7 +406,7 @@ fn image_manifest(config: &Blob, layers: &[Blob], subject: Option<&Pushed>) -> P
     }
     let body = serde_json::to_vec(&v).unwrap();
     Pushed {
-        digest: sha256(&body),
+        digest: sha256_digest(&body),
         body,
         media_type: OCI_MANIFEST,
     }
@@ -427,7 +423,7 @@ fn index_manifest(children: &[Pushed]) -> Pushed {
     });
     let body = serde_json::to_vec(&v).unwrap();
     Pushed {
-        digest: sha256(&body),
+        digest: sha256_digest(&body),
         body,
         media_type: OCI_INDEX,
     }

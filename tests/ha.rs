@@ -14,24 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::berth::Berth;
+use common::berth::{Berth, client_trusting};
+use common::clients::sha256_digest;
 
 /// Generous: the target (under 1 s) is measured by bench/takeover.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(5);
-
-fn client_trusting(ca: &Path) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
-}
-
-fn sha256(data: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    format!("sha256:{}", hex::encode(d.as_ref()))
-}
 
 /// Every file and directory under `dir`: path -> (kind, size, mtime, mode).
 fn listing(dir: &Path) -> BTreeMap<PathBuf, (bool, u64, std::time::SystemTime, u32)> {
@@ -88,7 +75,7 @@ async fn push_image(
     let layer: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut blobs = BTreeMap::new();
     for blob in [&config, &layer] {
-        let digest = sha256(blob);
+        let digest = sha256_digest(blob);
         let r = c
             .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
             .bearer_auth(token)
@@ -103,8 +90,8 @@ async fn push_image(
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len()}],
     })
     .to_string()
     .into_bytes();
@@ -431,7 +418,7 @@ async fn start_slow_put(b: &Berth, repo: &str, body: &[u8], first: usize) -> Tcp
     write!(
         stream,
         "PUT {path}{sep}digest={} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        sha256(body),
+        sha256_digest(body),
         b.addr,
         body.len()
     )
@@ -485,7 +472,11 @@ async fn sigterm_lets_a_slow_upload_finish_within_the_grace() {
     // What it acknowledged is there for the next instance.
     let b = Berth::start_registry(&data, &["--auth", "none"]);
     let r = reqwest::Client::new()
-        .head(format!("{}/v2/ha/slow/blobs/{}", b.url(), sha256(&body)))
+        .head(format!(
+            "{}/v2/ha/slow/blobs/{}",
+            b.url(),
+            sha256_digest(&body)
+        ))
         .send()
         .await
         .unwrap();

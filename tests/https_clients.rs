@@ -36,7 +36,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::berth::Berth;
+use common::berth::{Berth, client_trusting};
 use common::clients::{
     Dockerd, Podman, Skopeo, TestImage, descendants, processes_mentioning, read_oci_layout, run,
     run_input, run_ok,
@@ -79,16 +79,6 @@ fn berth_with_keystone(
         "no local admin with Keystone"
     );
     b
-}
-
-/// A reqwest client that trusts only `ca`.
-fn client_trusting(ca: &Path) -> reqwest::Client {
-    let pem = std::fs::read(ca).expect("read CA");
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"))
-        .build()
-        .expect("reqwest client")
 }
 
 /// `GET https://HOST/v2/` verifying the certificate: the challenge must

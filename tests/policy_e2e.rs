@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::berth::Berth;
+use common::berth::{Berth, client_trusting};
 use common::clients::{
     Proc, Ran, Skopeo, TestImage, processes_mentioning, read_oci_blob, refused, run,
 };
@@ -171,16 +171,6 @@ fn creds(user: &UserLogin) -> String {
     format!("{}:{}", user.name, user.password)
 }
 
-/// A reqwest client trusting berth's CA only.
-fn https_client(ca: &Path) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
-}
-
 /// Talks to the registry's HTTP API directly, getting tokens as a client
 /// does: the realm and service from the registry's challenge.
 struct Raw {
@@ -192,7 +182,7 @@ struct Raw {
 
 impl Raw {
     async fn new(berth: &Berth) -> Raw {
-        let http = https_client(&berth.ca_cert());
+        let http = client_trusting(&berth.ca_cert());
         let base = berth.https_url();
         let r = http.get(format!("{base}/v2/")).send().await.unwrap();
         assert_eq!(r.status(), 401);

@@ -232,6 +232,17 @@ impl Berth {
     }
 }
 
+/// A reqwest client that trusts only `ca` (the CA berth generated, see
+/// [`Berth::ca_cert`]).
+pub fn client_trusting(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("read CA");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"))
+        .build()
+        .expect("reqwest client")
+}
+
 /// Collects the lines of `stderr` (a berth process's log) in the background
 /// and sends, once, the address in the first line `...<marker><addr> ...`.
 pub fn collect_log(
