@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::berth::Berth;
+use common::rng::Rng;
 
 const ROUNDS: usize = 8;
 const CLIENTS: usize = 16;
@@ -63,41 +64,8 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 // ---------------------------------------------------------------- content
 
-/// splitmix64: deterministic content and choices.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-
-    fn pick(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 fn content(seed: u64, len: u64) -> Vec<u8> {
-    let mut rng = Rng(seed);
-    let mut v = Vec::with_capacity(len as usize + 8);
-    while v.len() < len as usize {
-        v.extend_from_slice(&rng.next().to_le_bytes());
-    }
-    v.truncate(len as usize);
-    v
+    Rng(seed).bytes(len as usize)
 }
 
 fn sha256_hex(data: &[u8]) -> String {

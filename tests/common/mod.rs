@@ -10,3 +10,4 @@ pub mod clients;
 pub mod distribution;
 pub mod keystone;
 pub mod pull_secret;
+pub mod rng;
