@@ -20,7 +20,9 @@ use berth_identity::token::{DEFAULT_TOKEN_LIFETIME, TokenIssuer};
 use berth_registry::auth::{KeySet, Verifier};
 use berth_registry::storage::FsStore;
 use berth_registry::{KeyRefetch, Registry, RegistryConfig, TokenAuth};
-use common::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, bytes, desc, files, header, image_manifest};
+use common::{
+    OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, bytes, desc, files, header, http_client, image_manifest,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -138,17 +140,11 @@ async fn start() -> Server {
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serve");
     });
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
     Server {
         _root: root,
         store,
         base: format!("http://{addr}"),
-        client,
+        client: http_client(),
         issuer,
         refetches,
         published,

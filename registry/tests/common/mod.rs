@@ -56,6 +56,17 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The client the tests talk to a served registry with: redirects are
+/// answers to check, not to follow.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
 /// A registry served on `127.0.0.1:<ephemeral>` from a task of the test's
 /// runtime. Stopped by [`Server::stop`], or with the runtime at the end of
 /// the test.
@@ -87,17 +98,11 @@ impl Server {
                 .await
                 .expect("serve");
         });
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
         Server {
             addr,
             base: format!("http://{addr}"),
             registry,
-            client,
+            client: http_client(),
             shutdown: Some(tx),
             task: Some(task),
         }
