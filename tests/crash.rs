@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::berth::Berth;
+use common::berth::{Berth, header};
 use common::rng::Rng;
 
 const ROUNDS: usize = 8;
@@ -322,14 +322,6 @@ impl Ctx {
         self.error(format!("{what}: unexpected {status}: {body}"));
         Err(Stop)
     }
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
 }
 
 #[derive(Clone, Debug)]

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::berth::{Berth, collect_log};
+use common::berth::{Berth, collect_log, header};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -68,14 +68,6 @@ fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("HTTP client")
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// The upload id at the end of an upload `Location`.

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::berth::Berth;
+use common::berth::{Berth, header};
 use common::clients::sha256_digest;
 use common::rng::Rng;
 use serde_json::{Value, json};
@@ -349,14 +349,6 @@ impl Client {
             s => fail(format!("tags of {repo}: {s}")),
         }
     }
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn location(resp: &reqwest::Response) -> Res<String> {

@@ -243,6 +243,15 @@ pub fn client_trusting(ca: &Path) -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// The value of the response header `name` ("" when absent or not text).
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Collects the lines of `stderr` (a berth process's log) in the background
 /// and sends, once, the address in the first line `...<marker><addr> ...`.
 pub fn collect_log(
