@@ -93,9 +93,11 @@ async fn dispatch(
             // A handler's error may come before or during its reading.
             has_body,
         ),
+        // Refused by the token check, or else the path did not parse.
         (refused, route) => {
             let err = refused.unwrap_or_else(|| match route {
                 Err(RouteError::NameInvalid) => ApiError::new(Code::NameInvalid),
+                // `Err(NotFound)`; `Ok` cannot get here unrefused.
                 _ => ApiError::new(Code::Unsupported)
                     .status(StatusCode::NOT_FOUND)
                     .message("no such endpoint"),
